@@ -1,0 +1,1 @@
+"""The embedder service: owns the vision encoder and serves embeddings over gRPC."""

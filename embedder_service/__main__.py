@@ -1,0 +1,77 @@
+"""imgsim-embedder: serves embeddings of images over gRPC (flags -> config -> run)."""
+
+import argparse
+import sys
+
+from embedder_service.config import DEFAULT_MODEL, ONLINE_DEFAULT_MODEL, EmbedderConfig
+from imgsim.flags import add_common_server_options, add_option, configure_logging, non_negative_float, positive_int
+from imgsim.serving import PortInUse, wait_for_stop_signal
+
+ENV = "IMGSIM_EMBEDDER"
+
+
+def parse_config(argv: list[str] | None = None) -> EmbedderConfig:
+    parser = argparse.ArgumentParser(prog="imgsim-embedder", description=__doc__)
+    add_common_server_options(parser, ENV, default_port=50051)
+    add_option(parser, "--model", f"{ENV}_MODEL", DEFAULT_MODEL,
+               f"checkpoint: a local folder or a hub id (online: {ONLINE_DEFAULT_MODEL})")
+    add_option(parser, "--revision", f"{ENV}_REVISION", None, "hub revision (branch, tag or commit) of --model")
+    add_option(parser, "--device", f"{ENV}_DEVICE", "auto", "auto (CUDA when available, else CPU), cpu, cuda, cuda:N")
+    add_option(parser, "--dtype", f"{ENV}_DTYPE", "float32", "compute dtype of the encoder",
+               choices=["float32", "bfloat16", "float16"])
+    add_option(parser, "--trust-remote-code", f"{ENV}_TRUST_REMOTE_CODE", "false",
+               "run code shipped with the checkpoint (true/false); off unless you trust the checkpoint",
+               type=parse_bool)
+    add_option(parser, "--max-batch-size", f"{ENV}_MAX_BATCH_SIZE", 32, "most images in one forward pass",
+               type=positive_int)
+    add_option(parser, "--max-batch-delay-ms", f"{ENV}_MAX_BATCH_DELAY_MS", 5.0,
+               "longest an image waits for others to fill its batch", type=non_negative_float)
+    add_option(parser, "--max-queue", f"{ENV}_MAX_QUEUE", 512,
+               "images admitted and not yet embedded; past it unary calls get RESOURCE_EXHAUSTED, streams wait",
+               type=positive_int)
+    add_option(parser, "--max-request-images", f"{ENV}_MAX_REQUEST_IMAGES", 256, "most images in one request message",
+               type=positive_int)
+    add_option(parser, "--max-image-bytes", f"{ENV}_MAX_IMAGE_BYTES", 20 * 1024 * 1024,
+               "largest encoded image accepted", type=positive_int)
+    add_option(parser, "--max-image-pixels", f"{ENV}_MAX_IMAGE_PIXELS", 40_000_000,
+               "largest decoded image (width x height) accepted; guards against decompression bombs",
+               type=positive_int)
+    add_option(parser, "--preprocess-workers", f"{ENV}_PREPROCESS_WORKERS", 2,
+               "threads decoding and resizing images beside the forward pass", type=positive_int)
+    add_option(parser, "--torch-threads", f"{ENV}_TORCH_THREADS", 0,
+               "intra-op threads of the encoder on CPU (0: torch's default)", type=int)
+    args = parser.parse_args(argv)
+    return EmbedderConfig(**vars(args))
+
+
+def parse_bool(text: str) -> bool:
+    lowered = str(text).strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"must be true or false, got {text}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = parse_config(argv)
+    configure_logging(config.log_level)
+    # Imported late: torch and transformers take seconds to import, and --help should not wait for them.
+    import torch
+
+    from embedder_service.server import create_server
+
+    if config.torch_threads > 0:
+        torch.set_num_threads(config.torch_threads)
+    try:
+        running = create_server(config)
+    except PortInUse as err:
+        sys.exit(f"imgsim-embedder: {err}")
+    except (OSError, ValueError) as err:
+        sys.exit(f"imgsim-embedder: cannot load model {config.model!r}: {err}")
+    wait_for_stop_signal()
+    running.stop(config.grace_s)
+
+
+if __name__ == "__main__":
+    main()

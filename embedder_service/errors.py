@@ -1,0 +1,52 @@
+"""The embedder's domain errors and the one table that maps them to gRPC status codes."""
+
+import logging
+
+import grpc
+
+log = logging.getLogger(__name__)
+
+
+class EmbedderError(Exception):
+    """Base of the errors a caller can be told about; the message is safe to send."""
+
+
+class InvalidRequest(EmbedderError):
+    """The request as a whole is malformed: no images, too many, too large."""
+
+
+class InvalidImage(EmbedderError):
+    """One image could not be decoded or is outside the accepted limits."""
+
+
+class Overloaded(EmbedderError):
+    """The queue is full; the caller should retry after a short wait."""
+
+
+class NotReady(EmbedderError):
+    """The model is not loaded and warm yet, or the server is draining."""
+
+
+class DeadlineExceeded(EmbedderError):
+    """The caller's deadline passed before its images were embedded; their work was dropped."""
+
+
+STATUS_CODES: dict[type[EmbedderError], grpc.StatusCode] = {
+    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    InvalidImage: grpc.StatusCode.INVALID_ARGUMENT,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    NotReady: grpc.StatusCode.UNAVAILABLE,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+def status_code_for(error: EmbedderError) -> grpc.StatusCode:
+    return STATUS_CODES.get(type(error), grpc.StatusCode.INTERNAL)
+
+
+def abort_for(context: grpc.ServicerContext, error: Exception) -> None:
+    """Ends the call with the status the error maps to. Unknown errors are INTERNAL, logged once, not leaked."""
+    if isinstance(error, EmbedderError):
+        context.abort(status_code_for(error), str(error))
+    log.exception("internal error in embedder call", exc_info=error)
+    context.abort(grpc.StatusCode.INTERNAL, "internal error in the embedder; see its log")
