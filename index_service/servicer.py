@@ -1,0 +1,57 @@
+"""Translates between imgsim.v1.Index messages and the collection."""
+
+import threading
+
+from imgsim.v1 import index_pb2, index_pb2_grpc
+from index_service import validation
+from index_service.collection import Collection
+from index_service.errors import NotReady, abort_for
+
+
+class IndexServicer(index_pb2_grpc.IndexServicer):
+    def __init__(self, collection: Collection):
+        self.collection = collection
+        self.ready = threading.Event()
+
+    def _check_ready(self) -> None:
+        if not self.ready.is_set():
+            raise NotReady("the index is not ready: it is loading or the server is stopping")
+
+    def Upsert(self, request_iterator, context):
+        try:
+            self._check_ready()
+            upserted = 0
+            for request in request_iterator:
+                items = validation.upsert_items(request, first_position=upserted)
+                self.collection.upsert(request.model_fingerprint, items)
+                upserted += len(items)
+            return index_pb2.UpsertResponse(upserted=upserted, count=self.collection.count)
+        except Exception as err:
+            abort_for(context, err)
+
+    def Delete(self, request, context):
+        try:
+            self._check_ready()
+            ids = validation.delete_ids(request)
+            deleted = self.collection.delete(ids)
+            return index_pb2.DeleteResponse(deleted=deleted, not_found=len(set(ids)) - deleted,
+                                            count=self.collection.count)
+        except Exception as err:
+            abort_for(context, err)
+
+    def Search(self, request, context):
+        try:
+            self._check_ready()
+            queries, conditions = validation.search_queries(request)
+            found = self.collection.search(request.model_fingerprint, queries, request.k, conditions)
+            return index_pb2.SearchResponse(results=[
+                index_pb2.QueryResult(hits=[index_pb2.Hit(id=h.id, score=h.score, metadata=h.metadata) for h in hits])
+                for hits in found
+            ])
+        except Exception as err:
+            abort_for(context, err)
+
+    def GetStats(self, request, context):
+        return index_pb2.GetStatsResponse(count=self.collection.count, dimension=self.collection.dimension,
+                                          index_kind=self.collection.index_kind,
+                                          model_fingerprint=self.collection.fingerprint)
