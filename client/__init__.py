@@ -1,0 +1,10 @@
+"""The Python SDK and command line of imgsim. Needs neither torch nor transformers."""
+
+from client.errors import (DeadlineExceeded, ImgsimError, InvalidArgument, ModelMismatch, Overloaded,
+                           Unauthenticated, Unavailable)
+from client.sdk import Hit, IndexReport, IndexStats, ModelInfo, SimilarityClient
+
+__all__ = [
+    "SimilarityClient", "Hit", "ModelInfo", "IndexStats", "IndexReport", "ImgsimError", "InvalidArgument",
+    "ModelMismatch", "Overloaded", "Unavailable", "DeadlineExceeded", "Unauthenticated",
+]

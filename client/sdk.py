@@ -1,0 +1,347 @@
+"""SimilarityClient: embeds images with the embedder service and searches them with the index service."""
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import grpc
+import numpy as np
+
+from client.errors import InvalidArgument, translated_errors
+from client.images import ImageLike, encoded, is_single
+from imgsim import vectors
+from imgsim.v1 import embedder_pb2, embedder_pb2_grpc, index_pb2, index_pb2_grpc
+
+# Calls that are safe to repeat are retried by gRPC itself when a replica is unreachable (UNAVAILABLE).
+RETRY_SERVICE_CONFIG = json.dumps({
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "methodConfig": [{
+        "name": [{"service": "imgsim.v1.Embedder", "method": "Embed"},
+                 {"service": "imgsim.v1.Embedder", "method": "GetModelInfo"},
+                 {"service": "imgsim.v1.Index", "method": "Search"},
+                 {"service": "imgsim.v1.Index", "method": "Delete"},
+                 {"service": "imgsim.v1.Index", "method": "GetStats"}],
+        "retryPolicy": {"maxAttempts": 4, "initialBackoff": "0.1s", "maxBackoff": "2s", "backoffMultiplier": 2,
+                        "retryableStatusCodes": ["UNAVAILABLE"]},
+    }],
+})
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+IMAGES_PER_MESSAGE = 32
+ITEMS_PER_UPSERT = 512
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: the candidate's id, its cosine similarity to the query, and its metadata."""
+    id: str
+    score: float
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    model_id: str
+    revision: str
+    dimension: int
+    image_size: tuple[int, int]
+    device: str
+    dtype: str
+    fingerprint: str
+    max_batch_size: int
+
+
+@dataclass(frozen=True)
+class IndexStats:
+    count: int
+    dimension: int
+    index_kind: str
+    model_fingerprint: str
+
+
+@dataclass
+class IndexReport:
+    """What index_dataset did: how many rows were indexed, and each row that failed with why."""
+    indexed: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def channel_target(address: str | Sequence[str]) -> str:
+    """A gRPC target for one address or several replicas given as IP:port ("ipv4:a:1,b:2").
+
+    A DNS name resolves to all its records, so one name for a scaled service spreads over every replica.
+    """
+    if not isinstance(address, str) and len(address) == 1:
+        address = address[0]
+    if isinstance(address, str):
+        return address if "://" in address or address.startswith(("ipv4:", "ipv6:", "unix:")) else f"dns:///{address}"
+    return "ipv4:" + ",".join(address)
+
+
+def open_channel(address: str | Sequence[str]) -> grpc.Channel:
+    return grpc.insecure_channel(channel_target(address), options=[
+        ("grpc.service_config", RETRY_SERVICE_CONFIG),
+        ("grpc.enable_retries", 1),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ])
+
+
+def unpack_results(results) -> tuple[np.ndarray | None, list[tuple[str, str]]]:
+    """Vectors of the results that succeeded (None if none) and (id, message) of those that failed."""
+    good, failed = [], []
+    for result in results:
+        if result.HasField("error"):
+            failed.append((result.id, result.error.message))
+        else:
+            good.append(vectors.from_proto(result.vector))
+    return (np.stack(good) if good else None), failed
+
+
+class SimilarityClient:
+    """Chains the two services: images -> embedder -> vectors -> index -> hits.
+
+    Args:
+        embedder: address of the embedder ("host:port"), or a list of replica addresses to spread calls
+            over (round robin). A DNS name with several records is spread over all of them.
+        index: address of the index service.
+        timeout: seconds each unary call may take before it fails with DeadlineExceeded.
+    """
+
+    def __init__(self, embedder: str | Sequence[str] | None = None, index: str | None = None,
+                 timeout: float = 60.0):
+        self.timeout = timeout
+        self._channels = []
+        self._embedder = self._index = None
+        if embedder:
+            self._embedder = embedder_pb2_grpc.EmbedderStub(self._open(embedder))
+        if index:
+            self._index = index_pb2_grpc.IndexStub(self._open(index))
+        self._fingerprint: str | None = None
+
+    def _open(self, address) -> grpc.Channel:
+        channel = open_channel(address)
+        self._channels.append(channel)
+        return channel
+
+    def close(self) -> None:
+        for channel in self._channels:
+            channel.close()
+
+    def __enter__(self) -> "SimilarityClient":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _embedder_stub(self) -> embedder_pb2_grpc.EmbedderStub:
+        if self._embedder is None:
+            raise ValueError("this client was made without an embedder address")
+        return self._embedder
+
+    def _index_stub(self) -> index_pb2_grpc.IndexStub:
+        if self._index is None:
+            raise ValueError("this client was made without an index address")
+        return self._index
+
+    # The embedder.
+
+    def model_info(self) -> ModelInfo:
+        """Describes the model the embedder serves."""
+        with translated_errors("embedder"):
+            info = self._embedder_stub().GetModelInfo(embedder_pb2.GetModelInfoRequest(), timeout=self.timeout)
+        self._fingerprint = info.model_fingerprint
+        return ModelInfo(info.model_id, info.revision, info.dimension, (info.image_height, info.image_width),
+                         info.device, info.dtype, info.model_fingerprint, info.max_batch_size)
+
+    @property
+    def fingerprint(self) -> str:
+        """The embedder's model fingerprint (asked once, then remembered)."""
+        if self._fingerprint is None:
+            self.model_info()
+        return self._fingerprint
+
+    def embed(self, images: ImageLike | Sequence[ImageLike], raw: bool = False) -> np.ndarray:
+        """Embeds images: bytes, paths, PIL images or uint8 arrays.
+
+        Args:
+            images: one image or a sequence of them.
+            raw: True for the model's raw CLS token; False (default) for L2-normalised vectors.
+
+        Returns:
+            A float32 array (n, dimension), or (dimension,) for a single image.
+
+        Raises:
+            InvalidArgument: an image could not be embedded; the message names each one.
+        """
+        single = is_single(images)
+        batch = [images] if single else list(images)
+        if not batch:
+            return np.zeros((0, 0), dtype=np.float32)
+        vectors_, failed = self._embed_encoded(((str(i), encoded(image)) for i, image in enumerate(batch)), raw)
+        if failed:
+            raise InvalidArgument("; ".join(message for _, message in failed), grpc.StatusCode.INVALID_ARGUMENT)
+        return vectors_[0] if single else vectors_
+
+    def _embed_encoded(self, id_and_bytes: Iterable[tuple[str, bytes]], raw: bool):
+        """Streams (id, bytes) through EmbedStream; returns the vectors of the good ones and the failures."""
+        results = []
+        with translated_errors("embedder"):
+            for response in self._embedder_stub().EmbedStream(embed_requests(id_and_bytes, IMAGES_PER_MESSAGE, raw)):
+                self._fingerprint = response.model_fingerprint
+                results.extend(response.results)
+        return unpack_results(results)
+
+    def embedding_fn(self, image_column: str = "image", output_column: str = "embeddings") -> Callable:
+        """A function for `dataset.map(fn, batched=True)` that adds each row's embedding, as in the write-up."""
+        def extract_embeddings(batch: dict[str, list[Any]]) -> dict[str, list[np.ndarray]]:
+            return {output_column: list(self.embed(list(batch[image_column])))}
+        return extract_embeddings
+
+    # The index.
+
+    def upsert(self, ids: Sequence[str], vectors_: np.ndarray, metadata: Sequence[dict[str, str]] | None = None,
+               fingerprint: str | None = None) -> int:
+        """Adds or replaces vectors in the index; returns how many the index holds afterwards."""
+        fingerprint = fingerprint or self.fingerprint
+        metadata = metadata or [{} for _ in ids]
+        if not (len(ids) == len(vectors_) == len(metadata)):
+            raise ValueError(f"{len(ids)} ids, {len(vectors_)} vectors and {len(metadata)} metadata do not match")
+        messages = (
+            index_pb2.UpsertRequest(model_fingerprint=fingerprint, items=[
+                index_pb2.Item(id=ids[i], vector=vectors.to_proto(vectors_[i]), metadata=metadata[i])
+                for i in range(start, min(start + ITEMS_PER_UPSERT, len(ids)))])
+            for start in range(0, len(ids), ITEMS_PER_UPSERT))
+        with translated_errors("index"):
+            return self._index_stub().Upsert(messages, timeout=self.timeout).count
+
+    def add(self, images: Sequence[ImageLike], ids: Sequence[str],
+            metadata: Sequence[dict[str, str]] | None = None) -> int:
+        """Embeds images and adds them to the index under `ids`; returns how many the index holds."""
+        return self.upsert(list(ids), self.embed(list(images)), metadata)
+
+    def delete(self, ids: Sequence[str]) -> int:
+        """Removes candidates; returns how many were held."""
+        with translated_errors("index"):
+            return self._index_stub().Delete(index_pb2.DeleteRequest(ids=list(ids)), timeout=self.timeout).deleted
+
+    def stats(self) -> IndexStats:
+        with translated_errors("index"):
+            s = self._index_stub().GetStats(index_pb2.GetStatsRequest(), timeout=self.timeout)
+        return IndexStats(s.count, s.dimension, s.index_kind, s.model_fingerprint)
+
+    def search_vectors(self, queries: np.ndarray, k: int = 5, where: dict[str, Sequence[str]] | None = None,
+                       fingerprint: str | None = None) -> list[list[Hit]]:
+        """Top-k candidates for each query vector (rows of `queries`), best first.
+
+        Args:
+            where: optional metadata filter, e.g. {"label": ["0", "1"]}: every key must match one of its values.
+        """
+        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        request = index_pb2.SearchRequest(
+            model_fingerprint=fingerprint or self.fingerprint, k=k,
+            queries=[vectors.to_proto(q) for q in queries],
+            filter=[index_pb2.MetadataCondition(key=key, any_of=list(values)) for key, values in (where or {}).items()])
+        with translated_errors("index"):
+            response = self._index_stub().Search(request, timeout=self.timeout)
+        return [[Hit(h.id, h.score, dict(h.metadata)) for h in result.hits] for result in response.results]
+
+    def search(self, image_or_images: ImageLike | Sequence[ImageLike], k: int = 5,
+               where: dict[str, Sequence[str]] | None = None) -> list[Hit] | list[list[Hit]]:
+        """The k candidates most similar to an image (a list of Hit), or to each of several (a list of lists)."""
+        single = is_single(image_or_images)
+        found = self.search_vectors(self.embed([image_or_images] if single else image_or_images), k, where)
+        return found[0] if single else found
+
+    def index_dataset(self, dataset, image_column: str = "image", label_column: str | None = "labels",
+                      id_column: str | None = None, batch_size: int = 64, progress: bool = True) -> IndexReport:
+        """Streams a `datasets.Dataset` through the embedder into the index.
+
+        The images go as their stored bytes (no decode and re-encode). Each candidate's metadata holds its
+        label (as a string) under "label" and where it came from under "source".
+
+        Args:
+            dataset: a datasets.Dataset with an Image column.
+            image_column: the column holding the images.
+            label_column: the column stored as metadata "label"; None for none.
+            id_column: the column holding ids; None to use the row number.
+            batch_size: images per message to the embedder, and items per upsert message.
+            progress: show a progress bar.
+
+        Returns:
+            An IndexReport: rows indexed, and each row that failed with the embedder's reason.
+        """
+        from datasets import Image as ImageFeature
+        from tqdm.auto import tqdm
+
+        raw_images = dataset.cast_column(image_column, ImageFeature(decode=False))
+        name = f"{dataset.info.dataset_name or 'dataset'}/{dataset.split or 'split'}"
+        metadata_of: dict[str, dict[str, str]] = {}
+        report = IndexReport()
+        bar = tqdm(total=len(dataset), desc="indexing", unit="img", disable=not progress)
+
+        def rows() -> Iterator[tuple[str, bytes]]:
+            for start in range(0, len(raw_images), batch_size):
+                chunk = raw_images[start:start + batch_size]
+                for offset, image in enumerate(chunk[image_column]):
+                    row = start + offset
+                    item_id = str(chunk[id_column][offset]) if id_column else str(row)
+                    metadata = {"source": image.get("path") or f"{name}/{row}"}
+                    if label_column:
+                        metadata["label"] = str(chunk[label_column][offset])
+                    metadata_of[item_id] = metadata
+                    yield item_id, encoded(image)
+
+        embedder_failure: list[grpc.RpcError] = []
+
+        def upserts() -> Iterator[index_pb2.UpsertRequest]:
+            try:
+                yield from upserts_until_done()
+            except grpc.RpcError as err:
+                # Ends the upsert stream cleanly, so what was sent stays written; the error is raised below.
+                embedder_failure.append(err)
+
+        def upserts_until_done() -> Iterator[index_pb2.UpsertRequest]:
+            pending: list[index_pb2.Item] = []
+
+            def message() -> index_pb2.UpsertRequest:
+                return index_pb2.UpsertRequest(model_fingerprint=self._fingerprint, items=pending)
+
+            for response in self._embedder_stub().EmbedStream(embed_requests(rows(), batch_size)):
+                self._fingerprint = response.model_fingerprint
+                for result in response.results:
+                    metadata = metadata_of.pop(result.id)
+                    if result.HasField("error"):
+                        report.failed.append((result.id, result.error.message))
+                        continue
+                    pending.append(index_pb2.Item(id=result.id, vector=result.vector, metadata=metadata))
+                bar.update(len(response.results))
+                if len(pending) >= batch_size:
+                    yield message()
+                    report.indexed += len(pending)
+                    pending = []
+            if pending:
+                yield message()
+                report.indexed += len(pending)
+
+        try:
+            with translated_errors("index"):
+                self._index_stub().Upsert(upserts())
+            with translated_errors("embedder"):
+                for err in embedder_failure:
+                    raise err
+        finally:
+            bar.close()
+        return report
+
+
+def embed_requests(id_and_bytes: Iterable[tuple[str, bytes]], per_message: int,
+                   raw: bool = False) -> Iterator[embedder_pb2.EmbedStreamRequest]:
+    """Groups (id, bytes) pairs into EmbedStream messages of `per_message` images."""
+    chunk = []
+    for item_id, data in id_and_bytes:
+        chunk.append(embedder_pb2.Image(id=item_id, data=data))
+        if len(chunk) == per_message:
+            yield embedder_pb2.EmbedStreamRequest(images=chunk, raw=raw)
+            chunk = []
+    if chunk:
+        yield embedder_pb2.EmbedStreamRequest(images=chunk, raw=raw)
