@@ -1,0 +1,95 @@
+"""Fixtures: real servers on 127.0.0.1 port 0, the shipped model, and a second, differently shaped ViT."""
+
+import io
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_MODEL = ROOT / "assets" / "vit-digits"
+SHIPPED_DATASET = ROOT / "assets" / "digits"
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def jpeg_bytes(image: Image.Image, quality: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def photo_like(seed: int, size: tuple[int, int] = (96, 80)) -> Image.Image:
+    """A smooth random colour field with edges: more like a photo than white noise."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    return Image.fromarray(small).resize(size, Image.Resampling.BICUBIC)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from datasets import load_dataset
+
+    return load_dataset(str(SHIPPED_DATASET))
+
+
+@pytest.fixture(scope="session")
+def second_vit(tmp_path_factory) -> Path:
+    """A ViT of another shape (patch 8, hidden 48, 2 layers, 40x40 input, other mean/std), random weights."""
+    import torch
+    from transformers import ViTConfig, ViTImageProcessorPil, ViTModel
+
+    torch.manual_seed(1)
+    folder = tmp_path_factory.mktemp("second-vit")
+    config = ViTConfig(image_size=40, patch_size=8, hidden_size=48, num_hidden_layers=2, num_attention_heads=3,
+                       intermediate_size=96)
+    ViTModel(config, add_pooling_layer=False).save_pretrained(folder)
+    ViTImageProcessorPil(size={"height": 40, "width": 40}, image_mean=[0.485, 0.456, 0.406],
+                         image_std=[0.229, 0.224, 0.225]).save_pretrained(folder)
+    return folder
+
+
+def start_embedder(model: Path, **overrides):
+    from embedder_service.config import EmbedderConfig
+    from embedder_service.server import create_server
+
+    return create_server(EmbedderConfig(model=str(model), **{"port": 0, **overrides}))
+
+
+def start_index(data_dir: Path, **overrides):
+    from index_service.config import IndexConfig
+    from index_service.server import create_server
+
+    return create_server(IndexConfig(data_dir=data_dir, **{"port": 0, **overrides}))
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    running = start_embedder(SHIPPED_MODEL)
+    yield running
+    running.stop(0)
+
+
+@pytest.fixture
+def index(tmp_path):
+    running = start_index(tmp_path / "index")
+    yield running
+    running.stop(0)
+
+
+@pytest.fixture(scope="session")
+def embedder_channel(embedder):
+    with grpc.insecure_channel(f"127.0.0.1:{embedder.port}") as channel:
+        yield channel
+
+
+@pytest.fixture
+def index_channel(index):
+    with grpc.insecure_channel(f"127.0.0.1:{index.port}") as channel:
+        yield channel
