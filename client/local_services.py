@@ -7,8 +7,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from imgsim.healthcheck import is_serving
 
 
 def free_port() -> int:
@@ -71,19 +70,13 @@ def start_service(module: str, args: list[str], log_path: Path, ready_timeout: f
 
 def wait_until_serving(service: LocalService, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(service.address) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if service.process.poll() is not None:
-                raise RuntimeError(f"{service.name} exited with code {service.process.returncode} before serving:\n"
-                                   f"{service.log_tail()}")
-            try:
-                reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
+    while time.monotonic() < deadline:
+        if service.process.poll() is not None:
+            raise RuntimeError(f"{service.name} exited with code {service.process.returncode} before serving:\n"
+                               f"{service.log_tail()}")
+        if is_serving(service.address, timeout=1.0):
+            return
+        time.sleep(0.2)
     raise TimeoutError(f"{service.name} did not report SERVING within {timeout:.0f} s:\n{service.log_tail()}")
 
 

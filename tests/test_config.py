@@ -1,0 +1,62 @@
+"""Flags with environment fallbacks: documented in --help, and a bad value stops the start with a clear message."""
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from embedder_service.__main__ import parse_config as embedder_config
+from index_service.__main__ import parse_config as index_config
+
+
+def test_environment_variables_fill_in_for_missing_flags(monkeypatch, tmp_path):
+    monkeypatch.setenv("IMGSIM_INDEX_PORT", "6000")
+    monkeypatch.setenv("IMGSIM_INDEX_DATA_DIR", str(tmp_path))
+    config = index_config([])
+    assert (config.port, config.data_dir) == (6000, tmp_path)
+    assert index_config(["--port", "7000"]).port == 7000  # a flag beats the environment
+
+
+def test_embedder_flags_build_a_frozen_config(monkeypatch):
+    monkeypatch.setenv("IMGSIM_EMBEDDER_MAX_BATCH_SIZE", "8")
+    config = embedder_config(["--model", "some/model", "--dtype", "bfloat16"])
+    assert (config.model, config.dtype, config.max_batch_size) == ("some/model", "bfloat16", 8)
+    with pytest.raises(AttributeError):
+        config.port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("module, env, value, words", [
+    ("index_service", "IMGSIM_INDEX_PORT", "70000", "must be a port 0..65535"),
+    ("embedder_service", "IMGSIM_EMBEDDER_MAX_BATCH_SIZE", "0", "must be a positive integer"),
+    ("embedder_service", "IMGSIM_EMBEDDER_TRUST_REMOTE_CODE", "maybe", "must be true or false"),
+])
+def test_a_bad_environment_value_fails_fast_with_a_clear_message(module, env, value, words):
+    done = subprocess.run([sys.executable, "-m", module], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", env: value})
+    assert done.returncode == 2
+    assert words in done.stderr
+
+
+@pytest.mark.parametrize("module", ["embedder_service", "index_service"])
+def test_help_documents_every_option_with_its_environment_variable(module):
+    done = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0
+    options = [line.split()[0] for line in done.stdout.splitlines() if line.strip().startswith("--")]
+    assert len(options) >= 6
+    help_text = " ".join(done.stdout.split())
+    assert help_text.count("[env IMGSIM_") == len(options)  # "-h, --help" is not counted in options
+
+
+def test_index_refuses_a_port_that_another_server_holds(tmp_path):
+    from conftest import start_index
+
+    first = start_index(tmp_path / "a")
+    try:
+        done = subprocess.run([sys.executable, "-m", "index_service", "--port", str(first.port), "--data-dir",
+                               str(tmp_path / "b")], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    finally:
+        first.stop(0)
+    assert done.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{first.port}" in done.stderr
