@@ -4,9 +4,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from imgsim.flags import add_common_server_options, add_option, configure_logging, positive_int
+from imgsim.flags import add_common_server_options, add_option, configure_logging, non_negative_int, positive_int
 from imgsim.serving import PortInUse, wait_for_stop_signal
 from index_service.config import INDEX_KINDS, IndexConfig
+from index_service.index import KindParams
+from index_service.collection import DataDirMismatch
 from index_service.server import create_server
 
 ENV = "IMGSIM_INDEX"
@@ -23,7 +25,30 @@ def parse_config(argv: list[str] | None = None) -> IndexConfig:
                "OpenMP threads per FAISS search (concurrent calls each use this many)", type=positive_int)
     add_option(parser, "--max-message-bytes", f"{ENV}_MAX_MESSAGE_BYTES", 64 * 1024 * 1024,
                "largest request or reply message", type=positive_int)
-    return IndexConfig(**vars(parser.parse_args(argv)))
+    add_option(parser, "--snapshot-every", f"{ENV}_SNAPSHOT_EVERY", 100_000,
+               "changed items after which the in-memory index is snapshotted (restarts load the snapshot)",
+               type=positive_int)
+    defaults = KindParams()
+    for name, help_text in KIND_PARAM_HELP.items():
+        add_option(parser, "--" + name.replace("_", "-"), f"{ENV}_{name.upper()}", getattr(defaults, name), help_text,
+                   type=non_negative_int if name == "lsh_radius" else positive_int)
+    args = vars(parser.parse_args(argv))
+    kind_params = KindParams(**{name: args.pop(name) for name in KIND_PARAM_HELP})
+    return IndexConfig(kind_params=kind_params, **args)
+
+
+KIND_PARAM_HELP = {
+    "hnsw_m": "hnsw: graph neighbours per node",
+    "hnsw_ef_construction": "hnsw: candidate list while building",
+    "hnsw_ef_search": "hnsw: candidate list while searching (higher: better recall, slower)",
+    "ivf_nlist": "ivfpq: inverted lists; trained once 39x this many vectors are in",
+    "ivf_nprobe": "ivfpq: lists visited per query",
+    "pq_m": "ivfpq: bytes per compressed vector (must divide the dimension)",
+    "rerank_factor": "ivfpq: candidates re-ranked exactly per hit asked for",
+    "lsh_tables": "lsh: independent hash tables",
+    "lsh_bits": "lsh: bits (random hyperplanes) per table",
+    "lsh_radius": "lsh: bits a candidate's code may differ from the query's in a table",
+}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(config.log_level)
     try:
         running = create_server(config)
-    except PortInUse as err:
+    except (PortInUse, DataDirMismatch) as err:
         sys.exit(f"imgsim-index: {err}")
     wait_for_stop_signal()
     running.stop(config.grace_s)

@@ -1,9 +1,11 @@
 """The index's configuration, built once from flags and environment in __main__."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-INDEX_KINDS = ("flat",)
+from index_service.index import KINDS, KindParams
+
+INDEX_KINDS = tuple(KINDS)
 
 
 @dataclass(frozen=True)
@@ -12,6 +14,8 @@ class IndexConfig:
     host: str = "127.0.0.1"
     port: int = 50052
     index_kind: str = "flat"
+    kind_params: KindParams = field(default_factory=KindParams)
+    snapshot_every: int = 100_000
     faiss_threads: int = 1
     max_message_bytes: int = 64 * 1024 * 1024
     max_workers: int = 32

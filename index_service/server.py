@@ -10,7 +10,6 @@ from imgsim.v1 import index_pb2, index_pb2_grpc
 from index_service.collection import Collection
 from index_service.config import IndexConfig
 from index_service.servicer import IndexServicer
-from index_service.store import Store
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = index_pb2.DESCRIPTOR.services_by_name["Index"].full_name
@@ -37,7 +36,8 @@ def create_server(config: IndexConfig) -> IndexServer:
     # Concurrent calls each run their own search: more OpenMP threads per call would oversubscribe the CPU.
     faiss.omp_set_num_threads(config.faiss_threads)
     health = Health(SERVICE_NAME)
-    servicer = IndexServicer(Collection(Store(config.data_dir), config.index_kind))
+    servicer = IndexServicer(Collection(config.data_dir, config.index_kind, config.kind_params,
+                                        config.snapshot_every))
     server, port = build_server(
         config.address, lambda s: index_pb2_grpc.add_IndexServicer_to_server(servicer, s), SERVICE_NAME, health,
         config.max_message_bytes, config.max_workers)

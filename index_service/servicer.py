@@ -2,7 +2,7 @@
 
 import threading
 
-from imgsim.v1 import index_pb2, index_pb2_grpc
+from imgsim.v1 import common_pb2, index_pb2, index_pb2_grpc
 from index_service import validation
 from index_service.collection import Collection
 from index_service.errors import NotReady, abort_for
@@ -32,7 +32,7 @@ class IndexServicer(index_pb2_grpc.IndexServicer):
     def Delete(self, request, context):
         try:
             self._check_ready()
-            ids = validation.delete_ids(request)
+            ids = validation.request_ids(request, "delete", validation.MAX_DELETE_IDS)
             deleted = self.collection.delete(ids)
             return index_pb2.DeleteResponse(deleted=deleted, not_found=len(set(ids)) - deleted,
                                             count=self.collection.count)
@@ -43,11 +43,21 @@ class IndexServicer(index_pb2_grpc.IndexServicer):
         try:
             self._check_ready()
             queries, conditions = validation.search_queries(request)
-            found = self.collection.search(request.model_fingerprint, queries, request.k, conditions)
+            found = self.collection.search(request.model_fingerprint, queries, request.k, conditions, request.exact)
             return index_pb2.SearchResponse(results=[
                 index_pb2.QueryResult(hits=[index_pb2.Hit(id=h.id, score=h.score, metadata=h.metadata) for h in hits])
                 for hits in found
             ])
+        except Exception as err:
+            abort_for(context, err)
+
+    def Get(self, request, context):
+        try:
+            self._check_ready()
+            stored = self.collection.get(validation.request_ids(request, "get", validation.MAX_GET_IDS))
+            return index_pb2.GetResponse(items=[
+                index_pb2.Item(id=item.id, vector=common_pb2.Vector(float32_le=item.vector), metadata=item.metadata)
+                for item in stored])
         except Exception as err:
             abort_for(context, err)
 

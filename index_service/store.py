@@ -1,23 +1,33 @@
-"""The durable record of the index: SQLite in WAL mode, fsynced before any write is acknowledged."""
+"""The durable record of the index: SQLite in WAL mode, fsynced before any write is acknowledged.
+
+Every write transaction gets the next sequence number. Items carry the sequence of the write that made
+them, and deletions leave a tombstone with theirs, so a snapshot taken at sequence S is brought up to date
+by replaying exactly what came after S.
+"""
 
 import json
 import sqlite3
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import Iterator
 
 from index_service.errors import StorageFull
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
-    row INTEGER PRIMARY KEY,      -- the id FAISS knows the item by
+    row INTEGER PRIMARY KEY,      -- the id FAISS knows the item by; never reused
     id TEXT NOT NULL UNIQUE,      -- the caller's id
     vector BLOB NOT NULL,         -- float32 little-endian, exactly as the caller sent it
-    metadata TEXT NOT NULL        -- JSON object of strings
+    metadata TEXT NOT NULL,       -- JSON object of strings
+    seq INTEGER NOT NULL          -- the write that made this row
 );
+CREATE INDEX IF NOT EXISTS items_by_seq ON items(seq);
+CREATE TABLE IF NOT EXISTS tombstones (row INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS tombstones_by_seq ON tombstones(seq);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+LOAD_BATCH = 20000
 
 
 @dataclass(frozen=True)
@@ -29,53 +39,83 @@ class StoredItem:
 
 
 class Store:
-    """Items and settings on disk. Each write is one transaction: whole or not at all."""
+    """Items, tombstones and settings on disk. Each write is one transaction: whole or not at all."""
 
     def __init__(self, data_dir: Path):
         data_dir.mkdir(parents=True, exist_ok=True)
         self.path = data_dir / "index.sqlite3"
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()  # one connection, used by one thread at a time
         # WAL with synchronous=FULL fsyncs the log at every commit: a write acknowledged survives kill -9
-        # and power loss, and a torn tail is discarded by SQLite's own recovery.
+        # and power loss, and SQLite's recovery discards a torn tail rather than loading it half.
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        self.seq = int(self.settings().get("seq", 0))
 
     def settings(self) -> dict[str, str]:
-        return dict(self._db.execute("SELECT key, value FROM settings"))
+        with self._lock:
+            return dict(self._db.execute("SELECT key, value FROM settings"))
 
-    def load(self) -> tuple[list[StoredItem], np.ndarray]:
-        """Everything held: the items, and their vectors stacked as a float32 matrix in the same order."""
-        rows = self._db.execute("SELECT row, id, vector, metadata FROM items ORDER BY row").fetchall()
-        items = [StoredItem(row, item_id, vector, json.loads(metadata)) for row, item_id, vector, metadata in rows]
-        if not items:
-            return items, np.zeros((0, 0), dtype=np.float32)
-        matrix = np.frombuffer(b"".join(item.vector for item in items), dtype="<f4").reshape(len(items), -1)
-        return items, matrix.astype(np.float32)
+    def items_after(self, seq: int) -> Iterator[list[StoredItem]]:
+        """Live items written after `seq` (all of them for 0), in batches, in row order."""
+        last_row = -1
+        while True:
+            with self._lock:
+                batch = self._db.execute(
+                    "SELECT row, id, vector, metadata FROM items WHERE seq > ? AND row > ? ORDER BY row LIMIT ?",
+                    (seq, last_row, LOAD_BATCH)).fetchall()
+            if not batch:
+                return
+            last_row = batch[-1][0]
+            yield [StoredItem(row, item_id, vector, json.loads(metadata)) for row, item_id, vector, metadata in batch]
 
-    def write(self, upserts: list[StoredItem], deleted_rows: list[int], settings: dict[str, str]) -> None:
-        """Applies upserts, deletes and settings in one durable transaction."""
-        try:
-            with self._transaction():
-                if settings:
+    def rows_deleted_after(self, seq: int) -> list[int]:
+        with self._lock:
+            return [row for (row,) in self._db.execute("SELECT row FROM tombstones WHERE seq > ?", (seq,))]
+
+    def get(self, ids: list[str]) -> list[StoredItem]:
+        found = []
+        with self._lock:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                found += self._db.execute(
+                    f"SELECT row, id, vector, metadata FROM items WHERE id IN ({','.join('?' * len(chunk))})",
+                    chunk).fetchall()
+        return [StoredItem(row, item_id, vector, json.loads(metadata)) for row, item_id, vector, metadata in found]
+
+    def write(self, upserts: list[StoredItem], deleted_rows: list[int], settings: dict[str, str]) -> int:
+        """Applies upserts, deletes and settings in one durable transaction; returns its sequence number."""
+        with self._lock:
+            seq = self.seq + 1
+            try:
+                with _Transaction(self._db):
                     self._db.executemany("INSERT OR REPLACE INTO settings(key, value) VALUES (?, ?)",
-                                         settings.items())
-                if deleted_rows:
-                    self._db.executemany("DELETE FROM items WHERE row = ?", [(row,) for row in deleted_rows])
-                if upserts:
-                    self._db.executemany(
-                        "INSERT OR REPLACE INTO items(row, id, vector, metadata) VALUES (?, ?, ?, ?)",
-                        [(i.row, i.id, i.vector, json.dumps(i.metadata, sort_keys=True)) for i in upserts])
-        except sqlite3.OperationalError as err:
-            if "full" in str(err).lower():
-                raise StorageFull(f"the index's disk is full; nothing of this write was kept ({err})") from err
-            raise
+                                         [*settings.items(), ("seq", str(seq))])
+                    if deleted_rows:
+                        self._db.executemany("DELETE FROM items WHERE row = ?", [(row,) for row in deleted_rows])
+                        self._db.executemany("INSERT OR REPLACE INTO tombstones(row, seq) VALUES (?, ?)",
+                                             [(row, seq) for row in deleted_rows])
+                    if upserts:
+                        self._db.executemany(
+                            "INSERT INTO items(row, id, vector, metadata, seq) VALUES (?, ?, ?, ?, ?)",
+                            [(i.row, i.id, i.vector, json.dumps(i.metadata, sort_keys=True), seq) for i in upserts])
+            except sqlite3.OperationalError as err:
+                if "full" in str(err).lower():
+                    raise StorageFull(f"the index's disk is full; nothing of this write was kept ({err})") from err
+                raise
+            self.seq = seq
+            return seq
 
-    def _transaction(self):
-        return _Transaction(self._db)
+    def forget_tombstones_through(self, seq: int) -> None:
+        """Tombstones a snapshot already reflects are no longer needed; the log is checkpointed short."""
+        with self._lock:
+            self._db.execute("DELETE FROM tombstones WHERE seq <= ?", (seq,))
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()
 
 
 class _Transaction:

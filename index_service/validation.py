@@ -12,6 +12,7 @@ MAX_METADATA_ENTRIES = 64
 MAX_METADATA_BYTES = 4096
 MAX_ITEMS_PER_MESSAGE = 4096
 MAX_DELETE_IDS = 65536
+MAX_GET_IDS = 4096
 MAX_QUERIES = 1024
 MAX_K = 1000
 
@@ -61,11 +62,12 @@ def upsert_items(request: index_pb2.UpsertRequest, first_position: int) -> list[
     return items
 
 
-def delete_ids(request: index_pb2.DeleteRequest) -> list[str]:
+def request_ids(request, verb: str, limit: int) -> list[str]:
+    """The ids of a Delete or Get request, checked."""
     if not request.ids:
-        raise InvalidArgument("no ids to delete")
-    if len(request.ids) > MAX_DELETE_IDS:
-        raise InvalidArgument(f"{len(request.ids)} ids in one call, over the limit of {MAX_DELETE_IDS}")
+        raise InvalidArgument(f"no ids to {verb}")
+    if len(request.ids) > limit:
+        raise InvalidArgument(f"{len(request.ids)} ids in one call, over the limit of {limit}")
     for position, item_id in enumerate(request.ids):
         check_id(item_id, f"id {position}")
     return list(request.ids)

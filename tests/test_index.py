@@ -9,7 +9,6 @@ from imgsim import vectors
 from imgsim.v1 import index_pb2, index_pb2_grpc
 from index_service.collection import Collection, NewItem
 from index_service.errors import DimensionMismatch, ModelMismatch
-from index_service.store import Store
 
 FP = "f" * 32
 
@@ -44,7 +43,7 @@ def search_request(queries: np.ndarray, k: int, fingerprint: str = FP, **kwargs)
 
 @pytest.fixture
 def collection(tmp_path):
-    opened = Collection(Store(tmp_path / "data"))
+    opened = Collection(tmp_path / "data")
     yield opened
     opened.close()
 
@@ -99,13 +98,13 @@ def test_filter_keeps_only_candidates_with_accepted_metadata(collection):
 
 def test_everything_written_survives_reopening_the_data_directory(tmp_path):
     candidates = random_vectors(500, 32)
-    first = Collection(Store(tmp_path / "data"))
+    first = Collection(tmp_path / "data")
     first.upsert(FP, items(candidates))
     first.delete(["v7"])
     first.upsert(FP, [NewItem("v8", random_vectors(1, 32, seed=9)[0], {"label": "moved"})])
     before = first.search(FP, candidates[:20], 10, [])
     first.close()
-    reopened = Collection(Store(tmp_path / "data"))
+    reopened = Collection(tmp_path / "data")
     assert (reopened.count, reopened.dimension, reopened.fingerprint) == (499, 32, FP)
     assert reopened.search(FP, candidates[:20], 10, []) == before
     reopened.close()

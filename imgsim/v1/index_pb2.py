@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from imgsim.v1 import common_pb2 as imgsim_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15imgsim/v1/index.proto\x12\timgsim.v1\x1a\x16imgsim/v1/common.proto\"\x97\x01\n\x04Item\x12\n\n\x02id\x18\x01 \x01(\t\x12!\n\x06vector\x18\x02 \x01(\x0b\x32\x11.imgsim.v1.Vector\x12/\n\x08metadata\x18\x03 \x03(\x0b\x32\x1d.imgsim.v1.Item.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"J\n\rUpsertRequest\x12\x19\n\x11model_fingerprint\x18\x01 \x01(\t\x12\x1e\n\x05items\x18\x02 \x03(\x0b\x32\x0f.imgsim.v1.Item\"1\n\x0eUpsertResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x04\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"\x1c\n\rDeleteRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\"C\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x04\x12\x11\n\tnot_found\x18\x02 \x01(\x04\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\"0\n\x11MetadataCondition\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06\x61ny_of\x18\x02 \x03(\t\"\x87\x01\n\rSearchRequest\x12\x19\n\x11model_fingerprint\x18\x01 \x01(\t\x12\"\n\x07queries\x18\x02 \x03(\x0b\x32\x11.imgsim.v1.Vector\x12\t\n\x01k\x18\x03 \x01(\r\x12,\n\x06\x66ilter\x18\x04 \x03(\x0b\x32\x1c.imgsim.v1.MetadataCondition\"\x81\x01\n\x03Hit\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12.\n\x08metadata\x18\x03 \x03(\x0b\x32\x1c.imgsim.v1.Hit.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"+\n\x0bQueryResult\x12\x1c\n\x04hits\x18\x01 \x03(\x0b\x32\x0e.imgsim.v1.Hit\"9\n\x0eSearchResponse\x12\'\n\x07results\x18\x01 \x03(\x0b\x32\x16.imgsim.v1.QueryResult\"\x11\n\x0fGetStatsRequest\"c\n\x10GetStatsResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\x12\x11\n\tdimension\x18\x02 \x01(\r\x12\x12\n\nindex_kind\x18\x03 \x01(\t\x12\x19\n\x11model_fingerprint\x18\x04 \x01(\t2\x8b\x02\n\x05Index\x12?\n\x06Upsert\x12\x18.imgsim.v1.UpsertRequest\x1a\x19.imgsim.v1.UpsertResponse(\x01\x12=\n\x06\x44\x65lete\x12\x18.imgsim.v1.DeleteRequest\x1a\x19.imgsim.v1.DeleteResponse\x12=\n\x06Search\x12\x18.imgsim.v1.SearchRequest\x1a\x19.imgsim.v1.SearchResponse\x12\x43\n\x08GetStats\x12\x1a.imgsim.v1.GetStatsRequest\x1a\x1b.imgsim.v1.GetStatsResponseB%\n\rdev.imgsim.v1P\x01Z\x12imgsim/v1;imgsimv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15imgsim/v1/index.proto\x12\timgsim.v1\x1a\x16imgsim/v1/common.proto\"\x97\x01\n\x04Item\x12\n\n\x02id\x18\x01 \x01(\t\x12!\n\x06vector\x18\x02 \x01(\x0b\x32\x11.imgsim.v1.Vector\x12/\n\x08metadata\x18\x03 \x03(\x0b\x32\x1d.imgsim.v1.Item.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"J\n\rUpsertRequest\x12\x19\n\x11model_fingerprint\x18\x01 \x01(\t\x12\x1e\n\x05items\x18\x02 \x03(\x0b\x32\x0f.imgsim.v1.Item\"1\n\x0eUpsertResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x04\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"\x1c\n\rDeleteRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\"C\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x04\x12\x11\n\tnot_found\x18\x02 \x01(\x04\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\"0\n\x11MetadataCondition\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06\x61ny_of\x18\x02 \x03(\t\"\x96\x01\n\rSearchRequest\x12\x19\n\x11model_fingerprint\x18\x01 \x01(\t\x12\"\n\x07queries\x18\x02 \x03(\x0b\x32\x11.imgsim.v1.Vector\x12\t\n\x01k\x18\x03 \x01(\r\x12,\n\x06\x66ilter\x18\x04 \x03(\x0b\x32\x1c.imgsim.v1.MetadataCondition\x12\r\n\x05\x65xact\x18\x05 \x01(\x08\"\x81\x01\n\x03Hit\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12.\n\x08metadata\x18\x03 \x03(\x0b\x32\x1c.imgsim.v1.Hit.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"+\n\x0bQueryResult\x12\x1c\n\x04hits\x18\x01 \x03(\x0b\x32\x0e.imgsim.v1.Hit\"9\n\x0eSearchResponse\x12\'\n\x07results\x18\x01 \x03(\x0b\x32\x16.imgsim.v1.QueryResult\"\x19\n\nGetRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\"-\n\x0bGetResponse\x12\x1e\n\x05items\x18\x01 \x03(\x0b\x32\x0f.imgsim.v1.Item\"\x11\n\x0fGetStatsRequest\"c\n\x10GetStatsResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\x12\x11\n\tdimension\x18\x02 \x01(\r\x12\x12\n\nindex_kind\x18\x03 \x01(\t\x12\x19\n\x11model_fingerprint\x18\x04 \x01(\t2\xc1\x02\n\x05Index\x12?\n\x06Upsert\x12\x18.imgsim.v1.UpsertRequest\x1a\x19.imgsim.v1.UpsertResponse(\x01\x12=\n\x06\x44\x65lete\x12\x18.imgsim.v1.DeleteRequest\x1a\x19.imgsim.v1.DeleteResponse\x12=\n\x06Search\x12\x18.imgsim.v1.SearchRequest\x1a\x19.imgsim.v1.SearchResponse\x12\x34\n\x03Get\x12\x15.imgsim.v1.GetRequest\x1a\x16.imgsim.v1.GetResponse\x12\x43\n\x08GetStats\x12\x1a.imgsim.v1.GetStatsRequest\x1a\x1b.imgsim.v1.GetStatsResponseB%\n\rdev.imgsim.v1P\x01Z\x12imgsim/v1;imgsimv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -52,19 +52,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_METADATACONDITION']._serialized_start=440
   _globals['_METADATACONDITION']._serialized_end=488
   _globals['_SEARCHREQUEST']._serialized_start=491
-  _globals['_SEARCHREQUEST']._serialized_end=626
-  _globals['_HIT']._serialized_start=629
-  _globals['_HIT']._serialized_end=758
+  _globals['_SEARCHREQUEST']._serialized_end=641
+  _globals['_HIT']._serialized_start=644
+  _globals['_HIT']._serialized_end=773
   _globals['_HIT_METADATAENTRY']._serialized_start=165
   _globals['_HIT_METADATAENTRY']._serialized_end=212
-  _globals['_QUERYRESULT']._serialized_start=760
-  _globals['_QUERYRESULT']._serialized_end=803
-  _globals['_SEARCHRESPONSE']._serialized_start=805
-  _globals['_SEARCHRESPONSE']._serialized_end=862
-  _globals['_GETSTATSREQUEST']._serialized_start=864
-  _globals['_GETSTATSREQUEST']._serialized_end=881
-  _globals['_GETSTATSRESPONSE']._serialized_start=883
-  _globals['_GETSTATSRESPONSE']._serialized_end=982
-  _globals['_INDEX']._serialized_start=985
-  _globals['_INDEX']._serialized_end=1252
+  _globals['_QUERYRESULT']._serialized_start=775
+  _globals['_QUERYRESULT']._serialized_end=818
+  _globals['_SEARCHRESPONSE']._serialized_start=820
+  _globals['_SEARCHRESPONSE']._serialized_end=877
+  _globals['_GETREQUEST']._serialized_start=879
+  _globals['_GETREQUEST']._serialized_end=904
+  _globals['_GETRESPONSE']._serialized_start=906
+  _globals['_GETRESPONSE']._serialized_end=951
+  _globals['_GETSTATSREQUEST']._serialized_start=953
+  _globals['_GETSTATSREQUEST']._serialized_end=970
+  _globals['_GETSTATSRESPONSE']._serialized_start=972
+  _globals['_GETSTATSRESPONSE']._serialized_end=1071
+  _globals['_INDEX']._serialized_start=1074
+  _globals['_INDEX']._serialized_end=1395
 # @@protoc_insertion_point(module_scope)

@@ -49,6 +49,11 @@ class IndexStub:
                 request_serializer=imgsim_dot_v1_dot_index__pb2.SearchRequest.SerializeToString,
                 response_deserializer=imgsim_dot_v1_dot_index__pb2.SearchResponse.FromString,
                 _registered_method=True)
+        self.Get = channel.unary_unary(
+                '/imgsim.v1.Index/Get',
+                request_serializer=imgsim_dot_v1_dot_index__pb2.GetRequest.SerializeToString,
+                response_deserializer=imgsim_dot_v1_dot_index__pb2.GetResponse.FromString,
+                _registered_method=True)
         self.GetStats = channel.unary_unary(
                 '/imgsim.v1.Index/GetStats',
                 request_serializer=imgsim_dot_v1_dot_index__pb2.GetStatsRequest.SerializeToString,
@@ -84,6 +89,13 @@ class IndexServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Get(self, request, context):
+        """The stored items of some ids: the exact vector as it was sent, and the metadata.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetStats(self, request, context):
         """What the index holds.
         """
@@ -108,6 +120,11 @@ def add_IndexServicer_to_server(servicer, server):
                     servicer.Search,
                     request_deserializer=imgsim_dot_v1_dot_index__pb2.SearchRequest.FromString,
                     response_serializer=imgsim_dot_v1_dot_index__pb2.SearchResponse.SerializeToString,
+            ),
+            'Get': grpc.unary_unary_rpc_method_handler(
+                    servicer.Get,
+                    request_deserializer=imgsim_dot_v1_dot_index__pb2.GetRequest.FromString,
+                    response_serializer=imgsim_dot_v1_dot_index__pb2.GetResponse.SerializeToString,
             ),
             'GetStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStats,
@@ -196,6 +213,33 @@ class Index:
             '/imgsim.v1.Index/Search',
             imgsim_dot_v1_dot_index__pb2.SearchRequest.SerializeToString,
             imgsim_dot_v1_dot_index__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Get(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imgsim.v1.Index/Get',
+            imgsim_dot_v1_dot_index__pb2.GetRequest.SerializeToString,
+            imgsim_dot_v1_dot_index__pb2.GetResponse.FromString,
             options,
             channel_credentials,
             insecure,
