@@ -8,9 +8,10 @@ import grpc
 import numpy as np
 
 from client.errors import InvalidArgument, translated_errors
+from client.shards import ShardedIndex
 from client.images import ImageLike, encoded, is_single
 from imgsim import vectors
-from imgsim.v1 import embedder_pb2, embedder_pb2_grpc, index_pb2, index_pb2_grpc
+from imgsim.v1 import embedder_pb2, embedder_pb2_grpc, index_pb2
 
 # Calls that are safe to repeat are retried by gRPC itself when a replica is unreachable (UNAVAILABLE).
 RETRY_SERVICE_CONFIG = json.dumps({
@@ -58,6 +59,21 @@ class IndexStats:
     model_fingerprint: str
 
 
+@dataclass(frozen=True)
+class StoredItem:
+    """A candidate as the index stores it: the vector exactly as it was sent, and its metadata."""
+    id: str
+    vector: np.ndarray
+    metadata: dict[str, str]
+
+
+@dataclass(frozen=True)
+class PartialHits:
+    """Search results that may lack some shards' candidates; missing_shards names those (empty: complete)."""
+    hits: list[list[Hit]]
+    missing_shards: list[str]
+
+
 @dataclass
 class IndexReport:
     """What index_dataset did: how many rows were indexed, and each row that failed with why."""
@@ -103,19 +119,21 @@ class SimilarityClient:
     Args:
         embedder: address of the embedder ("host:port"), or a list of replica addresses to spread calls
             over (round robin). A DNS name with several records is spread over all of them.
-        index: address of the index service.
+        index: address of the index service, or a list of shard addresses: each id lives on the shard
+            a stable hash of it picks, and searches ask every shard and merge their top k.
         timeout: seconds each unary call may take before it fails with DeadlineExceeded.
     """
 
-    def __init__(self, embedder: str | Sequence[str] | None = None, index: str | None = None,
+    def __init__(self, embedder: str | Sequence[str] | None = None, index: str | Sequence[str] | None = None,
                  timeout: float = 60.0):
         self.timeout = timeout
         self._channels = []
-        self._embedder = self._index = None
+        self._embedder = self._shards = None
         if embedder:
             self._embedder = embedder_pb2_grpc.EmbedderStub(self._open(embedder))
         if index:
-            self._index = index_pb2_grpc.IndexStub(self._open(index))
+            addresses = [index] if isinstance(index, str) else list(index)
+            self._shards = ShardedIndex([self._open(a) for a in addresses], addresses, timeout)
         self._fingerprint: str | None = None
 
     def _open(self, address) -> grpc.Channel:
@@ -138,10 +156,10 @@ class SimilarityClient:
             raise ValueError("this client was made without an embedder address")
         return self._embedder
 
-    def _index_stub(self) -> index_pb2_grpc.IndexStub:
-        if self._index is None:
+    def _index(self) -> ShardedIndex:
+        if self._shards is None:
             raise ValueError("this client was made without an index address")
-        return self._index
+        return self._shards
 
     # The embedder.
 
@@ -206,13 +224,9 @@ class SimilarityClient:
         metadata = metadata or [{} for _ in ids]
         if not (len(ids) == len(vectors_) == len(metadata)):
             raise ValueError(f"{len(ids)} ids, {len(vectors_)} vectors and {len(metadata)} metadata do not match")
-        messages = (
-            index_pb2.UpsertRequest(model_fingerprint=fingerprint, items=[
-                index_pb2.Item(id=ids[i], vector=vectors.to_proto(vectors_[i]), metadata=metadata[i])
-                for i in range(start, min(start + ITEMS_PER_UPSERT, len(ids)))])
-            for start in range(0, len(ids), ITEMS_PER_UPSERT))
-        with translated_errors("index"):
-            return self._index_stub().Upsert(messages, timeout=self.timeout).count
+        items = [index_pb2.Item(id=ids[i], vector=vectors.to_proto(vectors_[i]), metadata=metadata[i])
+                 for i in range(len(ids))]
+        return self._index().upsert(fingerprint, items, ITEMS_PER_UPSERT)
 
     def add(self, images: Sequence[ImageLike], ids: Sequence[str],
             metadata: Sequence[dict[str, str]] | None = None) -> int:
@@ -221,29 +235,47 @@ class SimilarityClient:
 
     def delete(self, ids: Sequence[str]) -> int:
         """Removes candidates; returns how many were held."""
-        with translated_errors("index"):
-            return self._index_stub().Delete(index_pb2.DeleteRequest(ids=list(ids)), timeout=self.timeout).deleted
+        return self._index().delete(list(ids))
+
+    def get(self, ids: Sequence[str]) -> dict[str, StoredItem]:
+        """The stored vector (exactly as sent) and metadata of each id held; unknown ids are absent."""
+        return {item.id: StoredItem(item.id, vectors.from_proto(item.vector), dict(item.metadata))
+                for item in self._index().get(list(ids))}
 
     def stats(self) -> IndexStats:
-        with translated_errors("index"):
-            s = self._index_stub().GetStats(index_pb2.GetStatsRequest(), timeout=self.timeout)
-        return IndexStats(s.count, s.dimension, s.index_kind, s.model_fingerprint)
+        """What the index holds; with shards, the count is their sum."""
+        answers = self._index().stats()
+        first = next((s for s in answers if s.dimension), answers[0])
+        return IndexStats(sum(s.count for s in answers), first.dimension, first.index_kind, first.model_fingerprint)
+
+    def _search_request(self, queries, k, where, fingerprint, exact) -> index_pb2.SearchRequest:
+        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        return index_pb2.SearchRequest(
+            model_fingerprint=fingerprint or self.fingerprint, k=k, exact=exact,
+            queries=[vectors.to_proto(q) for q in queries],
+            filter=[index_pb2.MetadataCondition(key=key, any_of=list(values)) for key, values in (where or {}).items()])
 
     def search_vectors(self, queries: np.ndarray, k: int = 5, where: dict[str, Sequence[str]] | None = None,
-                       fingerprint: str | None = None) -> list[list[Hit]]:
+                       fingerprint: str | None = None, exact: bool = False) -> list[list[Hit]]:
         """Top-k candidates for each query vector (rows of `queries`), best first.
 
         Args:
             where: optional metadata filter, e.g. {"label": ["0", "1"]}: every key must match one of its values.
+            fingerprint: the model of the queries; by default the embedder's.
+            exact: an exact scan even on an approximate index kind.
+
+        Raises:
+            Unavailable: an index shard did not answer (the message names it). See search_vectors_partial.
         """
-        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
-        request = index_pb2.SearchRequest(
-            model_fingerprint=fingerprint or self.fingerprint, k=k,
-            queries=[vectors.to_proto(q) for q in queries],
-            filter=[index_pb2.MetadataCondition(key=key, any_of=list(values)) for key, values in (where or {}).items()])
-        with translated_errors("index"):
-            response = self._index_stub().Search(request, timeout=self.timeout)
-        return [[Hit(h.id, h.score, dict(h.metadata)) for h in result.hits] for result in response.results]
+        fan_out = self._index().search(self._search_request(queries, k, where, fingerprint, exact), False)
+        return [[Hit(h.id, h.score, dict(h.metadata)) for h in hits] for hits in fan_out.results]
+
+    def search_vectors_partial(self, queries: np.ndarray, k: int = 5, where: dict[str, Sequence[str]] | None = None,
+                               fingerprint: str | None = None, exact: bool = False) -> PartialHits:
+        """As search_vectors, but shards that are down are skipped and named instead of failing the search."""
+        fan_out = self._index().search(self._search_request(queries, k, where, fingerprint, exact), True)
+        return PartialHits([[Hit(h.id, h.score, dict(h.metadata)) for h in hits] for hits in fan_out.results],
+                           fan_out.missing_shards)
 
     def search(self, image_or_images: ImageLike | Sequence[ImageLike], k: int = 5,
                where: dict[str, Sequence[str]] | None = None) -> list[Hit] | list[list[Hit]]:
@@ -291,47 +323,30 @@ class SimilarityClient:
                     metadata_of[item_id] = metadata
                     yield item_id, encoded(image)
 
-        embedder_failure: list[grpc.RpcError] = []
-
-        def upserts() -> Iterator[index_pb2.UpsertRequest]:
-            try:
-                yield from upserts_until_done()
-            except grpc.RpcError as err:
-                # Ends the upsert stream cleanly, so what was sent stays written; the error is raised below.
-                embedder_failure.append(err)
-
-        def upserts_until_done() -> Iterator[index_pb2.UpsertRequest]:
-            pending: list[index_pb2.Item] = []
-
-            def message() -> index_pb2.UpsertRequest:
-                return index_pb2.UpsertRequest(model_fingerprint=self._fingerprint, items=pending)
-
-            for response in self._embedder_stub().EmbedStream(embed_requests(rows(), batch_size)):
-                self._fingerprint = response.model_fingerprint
-                for result in response.results:
-                    metadata = metadata_of.pop(result.id)
-                    if result.HasField("error"):
-                        report.failed.append((result.id, result.error.message))
-                        continue
-                    pending.append(index_pb2.Item(id=result.id, vector=result.vector, metadata=metadata))
-                bar.update(len(response.results))
-                if len(pending) >= batch_size:
-                    yield message()
-                    report.indexed += len(pending)
-                    pending = []
-            if pending:
-                yield message()
-                report.indexed += len(pending)
-
         try:
-            with translated_errors("index"):
-                self._index_stub().Upsert(upserts())
+            pending: list[index_pb2.Item] = []
             with translated_errors("embedder"):
-                for err in embedder_failure:
-                    raise err
+                for response in self._embedder_stub().EmbedStream(embed_requests(rows(), batch_size)):
+                    self._fingerprint = response.model_fingerprint
+                    for result in response.results:
+                        metadata = metadata_of.pop(result.id)
+                        if result.HasField("error"):
+                            report.failed.append((result.id, result.error.message))
+                        else:
+                            pending.append(index_pb2.Item(id=result.id, vector=result.vector, metadata=metadata))
+                    bar.update(len(response.results))
+                    if len(pending) >= batch_size:
+                        report.indexed += self._write(pending)
+                        pending = []
+            if pending:
+                report.indexed += self._write(pending)
         finally:
             bar.close()
         return report
+
+    def _write(self, items: list[index_pb2.Item]) -> int:
+        self._index().upsert(self._fingerprint, items, ITEMS_PER_UPSERT)
+        return len(items)
 
 
 def embed_requests(id_and_bytes: Iterable[tuple[str, bytes]], per_message: int,
