@@ -44,7 +44,7 @@ KIND_PARAM_HELP = {
     "ivf_nlist": "ivfpq: inverted lists; trained once 39x this many vectors are in",
     "ivf_nprobe": "ivfpq: lists visited per query",
     "pq_m": "ivfpq: bytes per compressed vector (must divide the dimension)",
-    "rerank_factor": "ivfpq: candidates re-ranked exactly per hit asked for",
+    "rerank_factor": "ivfpq: candidates re-ranked with exact vectors per hit asked for (k=10: 1000)",
     "lsh_tables": "lsh: independent hash tables",
     "lsh_bits": "lsh: bits (random hyperplanes) per table",
     "lsh_radius": "lsh: bits a candidate's code may differ from the query's in a table",

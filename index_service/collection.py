@@ -7,6 +7,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+import faiss
 import numpy as np
 
 from index_service import snapshot
@@ -48,8 +49,9 @@ class Collection:
     """Upserts, deletes and searches. Writes are durable before they return; searches run concurrently."""
 
     def __init__(self, data_dir: Path, index_kind: str = "flat", params: KindParams = KindParams(),
-                 snapshot_every: int = 100_000):
+                 snapshot_every: int = 100_000, search_threads: int = 1):
         self.data_dir = data_dir
+        self.search_threads = search_threads
         self.store = Store(data_dir)
         self.params = params
         self.snapshot_every = snapshot_every
@@ -210,6 +212,9 @@ class Collection:
     def search(self, fingerprint: str, queries: np.ndarray, k: int, conditions: list[tuple[str, list[str]]],
                exact: bool = False) -> list[list[Hit]]:
         """Top-k by cosine for each query row; only candidates meeting every (key, accepted values) condition."""
+        # OpenMP's thread count belongs to the calling thread, and gRPC serves each call on a pool thread:
+        # set it here, or a search runs on every core and concurrent searches oversubscribe the CPU.
+        faiss.omp_set_num_threads(self.search_threads)
         with self._lock.reading():
             self.check_model(fingerprint, queries.shape[1])
             if self.count == 0:

@@ -27,7 +27,7 @@ class KindParams:
     ivf_nlist: int = 1024
     ivf_nprobe: int = 32
     pq_m: int = 64
-    rerank_factor: int = 10
+    rerank_factor: int = 100  # measured at 100k clustered: 10 gave recall@10 0.44, 30 gave 0.76, 100 gave 1.0
     lsh_tables: int = 8
     lsh_bits: int = 16
     lsh_radius: int = 1

@@ -2,7 +2,6 @@
 
 import logging
 
-import faiss
 import grpc
 
 from imgsim.serving import Health, build_server
@@ -33,11 +32,9 @@ class IndexServer:
 
 def create_server(config: IndexConfig) -> IndexServer:
     """Loads the data directory, starts serving on config.address, then reports SERVING."""
-    # Concurrent calls each run their own search: more OpenMP threads per call would oversubscribe the CPU.
-    faiss.omp_set_num_threads(config.faiss_threads)
     health = Health(SERVICE_NAME)
     servicer = IndexServicer(Collection(config.data_dir, config.index_kind, config.kind_params,
-                                        config.snapshot_every))
+                                        config.snapshot_every, config.faiss_threads))
     server, port = build_server(
         config.address, lambda s: index_pb2_grpc.add_IndexServicer_to_server(servicer, s), SERVICE_NAME, health,
         config.max_message_bytes, config.max_workers)
