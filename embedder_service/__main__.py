@@ -1,6 +1,7 @@
 """imgsim-embedder: serves embeddings of images over gRPC (flags -> config -> run)."""
 
 import argparse
+import os
 import sys
 
 from embedder_service.config import DEFAULT_MODEL, ONLINE_DEFAULT_MODEL, EmbedderConfig
@@ -38,8 +39,15 @@ def parse_config(argv: list[str] | None = None) -> EmbedderConfig:
                type=positive_int)
     add_option(parser, "--preprocess-workers", f"{ENV}_PREPROCESS_WORKERS", 2,
                "threads decoding and resizing images beside the forward pass", type=positive_int)
+    add_option(parser, "--fast-preprocess", f"{ENV}_FAST_PREPROCESS", "true",
+               "reproduce a standard image processor's steps directly (tensors equal to it) instead of calling it",
+               type=parse_bool)
+    add_option(parser, "--jpeg-draft", f"{ENV}_JPEG_DRAFT", "true",
+               "decode large JPEGs at reduced scale (cosine >= 0.999 to the processor's path); false: bit-faithful",
+               type=parse_bool)
     add_option(parser, "--torch-threads", f"{ENV}_TORCH_THREADS", 0,
-               "intra-op threads of the encoder on CPU (0: torch's default)", type=int)
+               "intra-op threads of the encoder on CPU (0: the cores left after --preprocess-workers, at least 1)",
+               type=int)
     args = parser.parse_args(argv)
     return EmbedderConfig(**vars(args))
 
@@ -61,8 +69,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from embedder_service.server import create_server
 
-    if config.torch_threads > 0:
-        torch.set_num_threads(config.torch_threads)
+    torch.set_num_threads(config.torch_threads or max(1, (os.cpu_count() or 1) - config.preprocess_workers))
     try:
         running = create_server(config)
     except PortInUse as err:

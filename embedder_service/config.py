@@ -22,6 +22,8 @@ class EmbedderConfig:
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     preprocess_workers: int = 2
+    fast_preprocess: bool = True
+    jpeg_draft: bool = True
     torch_threads: int = 0
     max_workers: int = 32
     grace_s: float = 10.0

@@ -1,5 +1,6 @@
 """The encoder: any vision checkpoint loaded with AutoModel/AutoImageProcessor, embedding = CLS token."""
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -75,11 +76,13 @@ class EmbeddingModel:
     def __init__(self, model_id: str, revision: str | None = None, device: str = "auto", dtype: str = "float32",
                  trust_remote_code: bool = False):
         self.device = pick_device(device)
-        self.dtype = DTYPES[dtype]
+        self.compute_dtype = DTYPES[dtype]
         self.processor = AutoImageProcessor.from_pretrained(model_id, revision=revision,
                                                             trust_remote_code=trust_remote_code)
         self.model = AutoModel.from_pretrained(model_id, revision=revision, trust_remote_code=trust_remote_code)
-        self.model.to(device=self.device, dtype=self.dtype).eval()
+        # Weights stay float32; bfloat16/float16 run under autocast (measured on CPU: about 2x faster than
+        # float32 for ViT-B with CLS cosine >= 0.9999), which keeps layer norms and softmax in float32.
+        self.model.to(device=self.device).eval()
         commit = getattr(self.model.config, "_commit_hash", None)
         processor_config = self.processor.to_dict()
         self.info = ModelInfo(
@@ -97,11 +100,23 @@ class EmbeddingModel:
 
     def embed(self, pixel_values: np.ndarray) -> np.ndarray:
         """(batch, channels, height, width) float32 pixels -> (batch, dimension) raw CLS embeddings, float32."""
-        with torch.inference_mode():
-            batch = torch.from_numpy(pixel_values).to(device=self.device, dtype=self.dtype, non_blocking=True)
+        batch = torch.from_numpy(pixel_values)
+        if self.device.type == "cuda":
+            # Pinned host memory lets the copy run asynchronously with the previous batch's work.
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        with torch.inference_mode(), self._autocast():
             hidden = self.model(pixel_values=batch).last_hidden_state
             return hidden[:, 0].float().cpu().numpy()
 
-    def warm_up(self) -> None:
-        """One forward pass, so the first caller does not pay for lazy initialisation."""
-        self.embed(np.zeros((1, 3, self.info.image_height, self.info.image_width), dtype=np.float32))
+    def _autocast(self):
+        if self.compute_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.compute_dtype)
+
+    def warm_up(self, max_batch_size: int) -> None:
+        """Forward passes before serving, so the first callers do not pay for lazy initialisation; on a GPU
+        also at the largest batch, which picks its kernels."""
+        shape = (3, self.info.image_height, self.info.image_width)
+        self.embed(np.zeros((1, *shape), dtype=np.float32))
+        if self.device.type == "cuda":
+            self.embed(np.zeros((max_batch_size, *shape), dtype=np.float32))

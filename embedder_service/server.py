@@ -8,7 +8,7 @@ from embedder_service.batcher import Batcher
 from embedder_service.config import EmbedderConfig
 from embedder_service.model import EmbeddingModel
 from embedder_service.pipeline import Pipeline
-from embedder_service.preprocess import Preprocessor
+from embedder_service.preprocess import make_preprocessor
 from embedder_service.servicer import EmbedderServicer
 from imgsim.serving import Health, build_server
 from imgsim.v1 import embedder_pb2, embedder_pb2_grpc
@@ -39,15 +39,15 @@ def create_server(config: EmbedderConfig, model: EmbeddingModel | None = None) -
     model = model or EmbeddingModel(config.model, config.revision, config.device, config.dtype,
                                     config.trust_remote_code)
     batcher = Batcher(model.embed, config.max_batch_size, config.max_batch_delay_ms / 1000.0)
-    pipeline = Pipeline(Preprocessor(model.processor, config.max_image_pixels), batcher, config.preprocess_workers,
-                        config.max_queue)
+    preprocess = make_preprocessor(model.processor, config.max_image_pixels, config.fast_preprocess, config.jpeg_draft)
+    pipeline = Pipeline(preprocess, batcher, config.preprocess_workers, config.max_queue)
     servicer = EmbedderServicer(pipeline, model.info, config.max_request_images, config.max_image_bytes,
                                 config.max_batch_size)
     health = Health(SERVICE_NAME)
     server, port = build_server(
         config.address, lambda s: embedder_pb2_grpc.add_EmbedderServicer_to_server(servicer, s), SERVICE_NAME,
         health, config.max_message_bytes, config.max_workers)
-    model.warm_up()
+    model.warm_up(config.max_batch_size)
     servicer.ready.set()
     health.set_serving(True)
     log.info("embedder serving %s on %s:%d", config.model, config.host, port)
