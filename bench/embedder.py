@@ -1,0 +1,218 @@
+"""Benchmarks the embedder: the bare model, the in-process pipeline, the service, and the write-up's own way.
+
+On one machine in one run, medians of repeats, for a ViT-B/16-shaped model (random weights) and 500x500
+JPEGs like beans, it prints:
+  - images/s of the bare model on ready tensors at batch 1, 8 and 32 (the ceiling);
+  - images/s of the whole pipeline in-process (decode + preprocess + model);
+  - served images/s through Embed (batches of 32) and EmbedStream, and with 32 concurrent clients each
+    sending one image per call (dynamic batching);
+  - p50/p99 latency of single-image calls at light load;
+  - preprocessing ms/image, fast path vs AutoImageProcessor, for 500x500 and 3000x2000 JPEGs;
+  - the write-up's pipeline (dataset.map(extract_fn, batched=True) in-process) vs client.index_dataset.
+It ends with a summary, one `name: value` line per figure and ratio.
+
+    python bench/embedder.py --quick     # a small ViT and fewer images
+    python bench/embedder.py             # ViT-B/16 (several minutes on a CPU)
+"""
+
+import argparse
+import io
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from client import SimilarityClient  # noqa: E402
+from client.local_services import free_port, start_service  # noqa: E402
+from embedder_service.model import EmbeddingModel  # noqa: E402
+from embedder_service.preprocess import ReferencePreprocessor, make_preprocessor  # noqa: E402
+from imgsim.v1 import embedder_pb2, embedder_pb2_grpc  # noqa: E402
+
+import grpc  # noqa: E402
+
+
+def photo_jpeg(width: int, height: int, seed: int) -> bytes:
+    """A photo-like JPEG: smooth colour shapes plus grain, quality 90."""
+    rng = np.random.default_rng(seed)
+    base = Image.fromarray(rng.integers(0, 256, (7, 9, 3), dtype=np.uint8)).resize((width, height),
+                                                                                   Image.Resampling.BICUBIC)
+    pixels = np.asarray(base, dtype=np.float32) + rng.normal(0, 6, (height, width, 1))
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def make_checkpoint(folder: Path, quick: bool) -> None:
+    from transformers import ViTConfig, ViTImageProcessorPil, ViTModel
+
+    torch.manual_seed(0)
+    config = ViTConfig(hidden_size=192, num_hidden_layers=4, num_attention_heads=3, intermediate_size=768) if quick \
+        else ViTConfig()  # ViTConfig() is ViT-B/16 at 224x224
+    ViTModel(config, add_pooling_layer=False).save_pretrained(folder)
+    ViTImageProcessorPil(size={"height": 224, "width": 224}).save_pretrained(folder)
+
+
+def median_seconds(action, repeats: int) -> float:
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        action()
+        timings.append(time.perf_counter() - started)
+    return statistics.median(timings)
+
+
+def bare_model(model: EmbeddingModel, batch: int, images: int, repeats: int) -> float:
+    pixels = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+    passes = max(1, images // batch)
+    return passes * batch / median_seconds(lambda: [model.embed(pixels) for _ in range(passes)], repeats)
+
+
+def in_process_pipeline(model: EmbeddingModel, photos: list[bytes], batch: int, repeats: int) -> float:
+    preprocess = make_preprocessor(model.processor, 10**9, fast=True, jpeg_draft=True)
+
+    def run():
+        for start in range(0, len(photos), batch):
+            model.embed(np.stack([preprocess(p, "x") for p in photos[start:start + batch]]))
+    return len(photos) / median_seconds(run, repeats)
+
+
+def preprocessing_ms(processor, data: bytes, repeats: int) -> tuple[float, float]:
+    fast = make_preprocessor(processor, 10**9, fast=True, jpeg_draft=True)
+    reference = ReferencePreprocessor(processor, 10**9)
+    calls = 10
+    fast_ms = 1000 * median_seconds(lambda: [fast(data, "x") for _ in range(calls)], repeats) / calls
+    reference_ms = 1000 * median_seconds(lambda: [reference(data, "x") for _ in range(calls)], repeats) / calls
+    return fast_ms, reference_ms
+
+
+def served(stub, photos: list[bytes], repeats: int, figures: dict) -> None:
+    def embed_batches():
+        for start in range(0, len(photos), 32):
+            stub.Embed(embedder_pb2.EmbedRequest(images=[embedder_pb2.Image(data=p) for p in photos[start:start + 32]]))
+
+    def embed_stream():
+        requests = (embedder_pb2.EmbedStreamRequest(images=[embedder_pb2.Image(id=str(i), data=p)])
+                    for i, p in enumerate(photos))
+        for _ in stub.EmbedStream(requests):
+            pass
+
+    def concurrent_singles():
+        with ThreadPoolExecutor(32) as pool:
+            list(pool.map(lambda p: stub.Embed(embedder_pb2.EmbedRequest(images=[embedder_pb2.Image(data=p)])),
+                          photos))
+
+    figures["served_embed_batch32_images_per_s"] = len(photos) / median_seconds(embed_batches, repeats)
+    figures["served_embedstream_images_per_s"] = len(photos) / median_seconds(embed_stream, repeats)
+    figures["served_32_concurrent_single_images_per_s"] = len(photos) / median_seconds(concurrent_singles, repeats)
+    latencies = []
+    for photo in photos[:max(20, len(photos) // 2)]:
+        started = time.perf_counter()
+        stub.Embed(embedder_pb2.EmbedRequest(images=[embedder_pb2.Image(data=photo)]))
+        latencies.append(1000 * (time.perf_counter() - started))
+    figures["single_image_latency_p50_ms"] = float(np.percentile(latencies, 50))
+    figures["single_image_latency_p99_ms"] = float(np.percentile(latencies, 99))
+
+
+def write_up_vs_service(model: EmbeddingModel, address: str, photos: list[bytes], figures: dict) -> None:
+    from datasets import Dataset, Features
+    from datasets import Image as ImageFeature
+
+    dataset = Dataset.from_dict({"image": [{"bytes": p, "path": None} for p in photos]},
+                                features=Features({"image": ImageFeature()}))
+    processor, encoder = model.processor, model.model
+
+    def extract_fn(batch):  # the write-up's extract_embeddings, with the processor in place of torchvision
+        pixels = processor(images=[image.convert("RGB") for image in batch["image"]], return_tensors="pt")
+        with torch.no_grad():
+            return {"embeddings": encoder(**pixels).last_hidden_state[:, 0].cpu()}
+
+    started = time.perf_counter()
+    dataset.map(extract_fn, batched=True, batch_size=32, load_from_cache_file=False)
+    figures["writeup_dataset_map_images_per_s"] = len(photos) / (time.perf_counter() - started)
+    with tempfile.TemporaryDirectory() as data_dir:
+        index = start_service("index_service", ["--data-dir", data_dir], Path(data_dir) / "index.log")
+        try:
+            with SimilarityClient(embedder=address, index=index.address, timeout=600) as client:
+                started = time.perf_counter()
+                client.index_dataset(dataset, label_column=None, batch_size=32, progress=False)
+                figures["client_index_dataset_images_per_s"] = len(photos) / (time.perf_counter() - started)
+        finally:
+            index.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a small ViT and fewer images")
+    parser.add_argument("--images", type=int, default=None, help="images per measurement [64; quick 128]")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--service-torch-threads", type=int, default=0, help="the service's --torch-threads")
+    args = parser.parse_args()
+    images = args.images or (128 if args.quick else 64)
+    figures: dict[str, float] = {}
+    photos = [photo_jpeg(500, 500, seed) for seed in range(images)]
+    big = photo_jpeg(3000, 2000, 99)
+
+    with tempfile.TemporaryDirectory(prefix="bench-embedder-") as tmp:
+        checkpoint = Path(tmp) / "vit"
+        make_checkpoint(checkpoint, args.quick)
+        model = EmbeddingModel(str(checkpoint))
+        print(f"model: {'small ViT' if args.quick else 'ViT-B/16'}, {torch.get_num_threads()} torch threads "
+              f"in-process, {images} images of 500x500", flush=True)
+        for batch in (1, 8, 32):
+            figures[f"bare_model_batch{batch}_images_per_s"] = bare_model(model, batch, images if batch > 1 else
+                                                                           max(8, images // 4), args.repeats)
+            print(f"  bare batch {batch}: {figures[f'bare_model_batch{batch}_images_per_s']:.2f}", flush=True)
+        figures["inprocess_pipeline_images_per_s"] = in_process_pipeline(model, photos, 32, args.repeats)
+        for name, data in (("500x500", photos[0]), ("3000x2000", big)):
+            fast_ms, reference_ms = preprocessing_ms(model.processor, data, args.repeats)
+            figures[f"preprocess_fast_ms_{name}"] = fast_ms
+            figures[f"preprocess_reference_ms_{name}"] = reference_ms
+            figures[f"preprocess_speedup_{name}"] = reference_ms / fast_ms
+
+        port = free_port()
+        log_path = Path(tmp) / "embedder.log"
+        with log_path.open("w") as log:
+            process = subprocess.Popen([sys.executable, "-m", "embedder_service", "--port", str(port), "--model",
+                                        str(checkpoint), "--max-batch-size", "32", "--torch-threads",
+                                        str(args.service_torch_threads), "--log-level", "WARNING"],
+                                       cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        address = f"127.0.0.1:{port}"
+        try:
+            from imgsim.healthcheck import is_serving
+            while not is_serving(address, timeout=1.0):
+                if process.poll() is not None:
+                    sys.exit(log_path.read_text())
+                time.sleep(0.2)
+            with grpc.insecure_channel(address) as channel:
+                served(embedder_pb2_grpc.EmbedderStub(channel), photos, args.repeats, figures)
+            write_up_vs_service(model, address, photos, figures)
+        finally:
+            process.terminate()
+            process.wait()
+
+    figures["ratio_embedstream_vs_inprocess_pipeline"] = (figures["served_embedstream_images_per_s"]
+                                                          / figures["inprocess_pipeline_images_per_s"])
+    figures["ratio_embedstream_vs_bare_model_batch32"] = (figures["served_embedstream_images_per_s"]
+                                                          / figures["bare_model_batch32_images_per_s"])
+    figures["ratio_32_concurrent_single_vs_batch32"] = (figures["served_32_concurrent_single_images_per_s"]
+                                                        / figures["served_embed_batch32_images_per_s"])
+    figures["ratio_index_dataset_vs_writeup_map"] = (figures["client_index_dataset_images_per_s"]
+                                                     / figures["writeup_dataset_map_images_per_s"])
+    print("\nsummary")
+    for name, value in figures.items():
+        print(f"{name}: {value:.4g}")
+
+
+if __name__ == "__main__":
+    main()
