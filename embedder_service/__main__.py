@@ -4,20 +4,21 @@ import argparse
 import sys
 
 from embedder_service.config import DEFAULT_MODEL, ONLINE_DEFAULT_MODEL, EmbedderConfig
-from imgsim.flags import add_common_server_options, add_option, configure_logging, non_negative_float, positive_int
-from imgsim.serving import PortInUse, wait_for_stop_signal
+from imgsim.flags import (add_option, add_serving_options, configure_logging, non_negative_float, parse_bool,
+                          positive_int, serving_config)
+from imgsim.serving import BadServingConfig, PortInUse, wait_for_stop_signal
 
 ENV = "IMGSIM_EMBEDDER"
 
 
 def parse_config(argv: list[str] | None = None) -> EmbedderConfig:
     parser = argparse.ArgumentParser(prog="imgsim-embedder", description=__doc__)
-    add_common_server_options(parser, ENV, default_port=50051)
+    add_serving_options(parser, ENV, default_port=50051)
     add_option(parser, "--model", f"{ENV}_MODEL", DEFAULT_MODEL,
                f"checkpoint: a local folder or a hub id (online: {ONLINE_DEFAULT_MODEL})")
     add_option(parser, "--revision", f"{ENV}_REVISION", None, "hub revision (branch, tag or commit) of --model")
     add_option(parser, "--device", f"{ENV}_DEVICE", "auto", "auto (CUDA when available, else CPU), cpu, cuda, cuda:N")
-    add_option(parser, "--dtype", f"{ENV}_DTYPE", "float32", "compute dtype of the encoder",
+    add_option(parser, "--dtype", f"{ENV}_DTYPE", "float32", "compute dtype of the encoder (others under autocast)",
                choices=["float32", "bfloat16", "float16"])
     add_option(parser, "--trust-remote-code", f"{ENV}_TRUST_REMOTE_CODE", "false",
                "run code shipped with the checkpoint (true/false); off unless you trust the checkpoint",
@@ -46,22 +47,13 @@ def parse_config(argv: list[str] | None = None) -> EmbedderConfig:
                type=parse_bool)
     add_option(parser, "--torch-threads", f"{ENV}_TORCH_THREADS", 0,
                "intra-op threads of the encoder on CPU (0: torch's default, one per core)", type=int)
-    args = parser.parse_args(argv)
-    return EmbedderConfig(**vars(args))
-
-
-def parse_bool(text: str) -> bool:
-    lowered = str(text).strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"must be true or false, got {text}")
+    args = vars(parser.parse_args(argv))
+    return EmbedderConfig(serving=serving_config(args, ENV), **args)
 
 
 def main(argv: list[str] | None = None) -> None:
     config = parse_config(argv)
-    configure_logging(config.log_level)
+    configure_logging(config.serving.log_level, config.serving.log_format)
     # Imported late: torch and transformers take seconds to import, and --help should not wait for them.
     import torch
 
@@ -73,12 +65,12 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(config.torch_threads)
     try:
         running = create_server(config)
-    except PortInUse as err:
+    except (PortInUse, BadServingConfig) as err:
         sys.exit(f"imgsim-embedder: {err}")
     except (OSError, ValueError) as err:
         sys.exit(f"imgsim-embedder: cannot load model {config.model!r}: {err}")
     wait_for_stop_signal()
-    running.stop(config.grace_s)
+    running.stop(config.serving.grace_s)
 
 
 if __name__ == "__main__":

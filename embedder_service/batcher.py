@@ -19,8 +19,10 @@ class Batcher:
     first. Images whose future was cancelled (caller gone, deadline passed) are dropped, not computed.
     """
 
-    def __init__(self, embed_batch: Callable[[np.ndarray], np.ndarray], max_batch_size: int, max_delay_s: float):
+    def __init__(self, embed_batch: Callable[[np.ndarray], np.ndarray], max_batch_size: int, max_delay_s: float,
+                 on_batch: Callable[[int, list[float]], None] | None = None):
         self.embed_batch = embed_batch
+        self.on_batch = on_batch  # told each batch's size and how long its images waited, for metrics
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self._queue: deque[tuple[float, np.ndarray, Future]] = deque()
@@ -48,7 +50,7 @@ class Batcher:
             self._changed.notify()
         self._thread.join()
 
-    def _next_batch(self) -> list[tuple[np.ndarray, Future]] | None:
+    def _next_batch(self) -> list[tuple[float, np.ndarray, Future]] | None:
         with self._changed:
             while not self._queue and not self._stopping:
                 self._changed.wait()
@@ -62,21 +64,24 @@ class Batcher:
                 self._changed.wait(remaining)
             batch = []
             while self._queue and len(batch) < self.max_batch_size:
-                _, pixels, future = self._queue.popleft()
+                queued_at, pixels, future = self._queue.popleft()
                 if future.set_running_or_notify_cancel():
-                    batch.append((pixels, future))
+                    batch.append((queued_at, pixels, future))
             return batch
 
     def _run(self) -> None:
         while (batch := self._next_batch()) is not None:
             if not batch:
                 continue
+            started = time.monotonic()
+            if self.on_batch:
+                self.on_batch(len(batch), [started - queued_at for queued_at, _, _ in batch])
             try:
-                vectors = self.embed_batch(np.stack([pixels for pixels, _ in batch]))
+                vectors = self.embed_batch(np.stack([pixels for _, pixels, _ in batch]))
             except Exception as err:  # one failed pass must fail its callers, not the thread
                 log.exception("forward pass of %d images failed", len(batch))
-                for _, future in batch:
+                for _, _, future in batch:
                     future.set_exception(err)
                 continue
-            for (_, future), vector in zip(batch, vectors):
+            for (_, _, future), vector in zip(batch, vectors):
                 future.set_result(vector)

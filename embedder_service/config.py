@@ -1,6 +1,8 @@
 """The embedder's configuration, built once from flags and environment in __main__."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from imgsim.serving import ServingConfig
 
 DEFAULT_MODEL = "assets/vit-digits"
 ONLINE_DEFAULT_MODEL = "nateraw/vit-base-beans"
@@ -8,8 +10,7 @@ ONLINE_DEFAULT_MODEL = "nateraw/vit-base-beans"
 
 @dataclass(frozen=True)
 class EmbedderConfig:
-    host: str = "127.0.0.1"
-    port: int = 50051
+    serving: ServingConfig = field(default_factory=ServingConfig)
     model: str = DEFAULT_MODEL
     revision: str | None = None
     device: str = "auto"
@@ -25,16 +26,3 @@ class EmbedderConfig:
     fast_preprocess: bool = True
     jpeg_draft: bool = True
     torch_threads: int = 0
-    max_workers: int = 32
-    grace_s: float = 10.0
-    log_level: str = "INFO"
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    @property
-    def max_message_bytes(self) -> int:
-        # A request carries up to max_request_images images, but the budget is what one large request may
-        # bring, plus the proto framing; one image at the limit must fit.
-        return max(self.max_image_bytes + 1024 * 1024, 64 * 1024 * 1024)

@@ -1,20 +1,51 @@
-"""gRPC server plumbing both services share: socket options, health, reflection, graceful shutdown."""
+"""gRPC server plumbing both services share: options, TLS, token auth, health, reflection, metrics, shutdown."""
 
 import logging
 import signal
 import threading
 from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+
+from imgsim.interceptors import ObservingInterceptor, TokenAuthInterceptor
+from imgsim.metrics import Metrics
+from imgsim.reflection import enable_reflection
 
 log = logging.getLogger(__name__)
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 
 class PortInUse(RuntimeError):
     """The address could not be bound: another process holds it, or it is not an address of this host."""
+
+
+class BadServingConfig(ValueError):
+    """A TLS or token setting that cannot work, found before serving."""
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """How a service is reached: address, limits, TLS, token, metrics, logging, shutdown."""
+    host: str = "127.0.0.1"
+    port: int = 0
+    max_workers: int = 32
+    max_message_bytes: int = 64 * 1024 * 1024
+    grace_s: float = 10.0
+    metrics_port: int | None = None  # None: no metrics endpoint; 0: any free port
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # set: clients must present a certificate it signed (mutual TLS)
+    auth_token: str | None = None
+    log_level: str = "INFO"
+    log_format: str = "text"
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
 
 
 def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -25,6 +56,20 @@ def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
     ]
+
+
+def server_credentials(config: ServingConfig) -> grpc.ServerCredentials | None:
+    if not (config.tls_cert or config.tls_key or config.tls_client_ca):
+        return None
+    if not (config.tls_cert and config.tls_key):
+        raise BadServingConfig("TLS needs both --tls-cert and --tls-key")
+    try:
+        key, cert = config.tls_key.read_bytes(), config.tls_cert.read_bytes()
+        client_ca = config.tls_client_ca.read_bytes() if config.tls_client_ca else None
+    except OSError as err:
+        raise BadServingConfig(f"cannot read a TLS file: {err}") from err
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca,
+                                       require_client_auth=client_ca is not None)
 
 
 class Health:
@@ -41,26 +86,26 @@ class Health:
             self.servicer.set(name, status)
 
 
-def build_server(
-    address: str,
-    add_servicers: Callable[[grpc.Server], None],
-    full_service_name: str,
-    health_state: Health,
-    max_message_bytes: int,
-    max_workers: int,
-) -> tuple[grpc.Server, int]:
-    """Creates and starts a server on `address` ("host:port", port 0 for any free one); returns it and its port."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=server_options(max_message_bytes))
+def build_server(config: ServingConfig, add_servicers: Callable[[grpc.Server], None], service_name: str,
+                 health_state: Health, metrics: Metrics) -> tuple[grpc.Server, int]:
+    """Creates and starts a server on config.address (port 0: any free one); returns it and its port."""
+    credentials = server_credentials(config)
+    interceptors = [ObservingInterceptor(metrics)]
+    if config.auth_token:
+        interceptors.append(TokenAuthInterceptor(config.auth_token))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers), interceptors=interceptors,
+                         options=server_options(config.max_message_bytes))
     add_servicers(server)
     health_pb2_grpc.add_HealthServicer_to_server(health_state.servicer, server)
-    reflection.enable_server_reflection(
-        (full_service_name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server,
-    )
+    enable_reflection((service_name, HEALTH_SERVICE), server)
     try:
-        port = server.add_insecure_port(address)
+        if credentials is None:
+            port = server.add_insecure_port(config.address)
+        else:
+            port = server.add_secure_port(config.address, credentials)
     except RuntimeError as err:  # grpcio raises RuntimeError when it cannot bind
-        raise PortInUse(f"cannot listen on {address}: the port is taken or the host is not local ({err})") from err
+        raise PortInUse(f"cannot listen on {config.address}: the port is taken or the host is not local "
+                        f"({err})") from err
     server.start()
     return server, port
 

@@ -4,8 +4,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from imgsim.flags import add_common_server_options, add_option, configure_logging, non_negative_int, positive_int
-from imgsim.serving import PortInUse, wait_for_stop_signal
+from imgsim.flags import (add_option, add_serving_options, configure_logging, non_negative_int, positive_int,
+                          serving_config)
+from imgsim.serving import BadServingConfig, PortInUse, wait_for_stop_signal
 from index_service.config import INDEX_KINDS, IndexConfig
 from index_service.index import KindParams
 from index_service.collection import DataDirMismatch
@@ -16,15 +17,13 @@ ENV = "IMGSIM_INDEX"
 
 def parse_config(argv: list[str] | None = None) -> IndexConfig:
     parser = argparse.ArgumentParser(prog="imgsim-index", description=__doc__)
-    add_common_server_options(parser, ENV, default_port=50052)
+    add_serving_options(parser, ENV, default_port=50052)
     add_option(parser, "--data-dir", f"{ENV}_DATA_DIR", "data/index", "folder holding the index's durable data",
                type=Path)
     add_option(parser, "--index-kind", f"{ENV}_KIND", "flat", "search structure for a new index",
                choices=list(INDEX_KINDS))
     add_option(parser, "--faiss-threads", f"{ENV}_FAISS_THREADS", 1,
                "OpenMP threads per FAISS search (concurrent calls each use this many)", type=positive_int)
-    add_option(parser, "--max-message-bytes", f"{ENV}_MAX_MESSAGE_BYTES", 64 * 1024 * 1024,
-               "largest request or reply message", type=positive_int)
     add_option(parser, "--snapshot-every", f"{ENV}_SNAPSHOT_EVERY", 100_000,
                "changed items after which the in-memory index is snapshotted (restarts load the snapshot)",
                type=positive_int)
@@ -34,7 +33,7 @@ def parse_config(argv: list[str] | None = None) -> IndexConfig:
                    type=non_negative_int if name == "lsh_radius" else positive_int)
     args = vars(parser.parse_args(argv))
     kind_params = KindParams(**{name: args.pop(name) for name in KIND_PARAM_HELP})
-    return IndexConfig(kind_params=kind_params, **args)
+    return IndexConfig(serving=serving_config(args, ENV), kind_params=kind_params, **args)
 
 
 KIND_PARAM_HELP = {
@@ -53,13 +52,13 @@ KIND_PARAM_HELP = {
 
 def main(argv: list[str] | None = None) -> None:
     config = parse_config(argv)
-    configure_logging(config.log_level)
+    configure_logging(config.serving.log_level, config.serving.log_format)
     try:
         running = create_server(config)
-    except (PortInUse, DataDirMismatch) as err:
+    except (PortInUse, BadServingConfig, DataDirMismatch) as err:
         sys.exit(f"imgsim-index: {err}")
     wait_for_stop_signal()
-    running.stop(config.grace_s)
+    running.stop(config.serving.grace_s)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imgsim.serving import ServingConfig
 from index_service.index import KINDS, KindParams
 
 INDEX_KINDS = tuple(KINDS)
@@ -11,17 +12,8 @@ INDEX_KINDS = tuple(KINDS)
 @dataclass(frozen=True)
 class IndexConfig:
     data_dir: Path
-    host: str = "127.0.0.1"
-    port: int = 50052
+    serving: ServingConfig = field(default_factory=ServingConfig)
     index_kind: str = "flat"
     kind_params: KindParams = field(default_factory=KindParams)
     snapshot_every: int = 100_000
     faiss_threads: int = 1
-    max_message_bytes: int = 64 * 1024 * 1024
-    max_workers: int = 32
-    grace_s: float = 10.0
-    log_level: str = "INFO"
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"

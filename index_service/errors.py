@@ -31,12 +31,17 @@ class NotReady(IndexServiceError):
     """The index is loading or draining."""
 
 
+class DeadlineExceeded(IndexServiceError):
+    """The caller's deadline passed before the work started; it was not done."""
+
+
 STATUS_CODES: dict[type[IndexServiceError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     DimensionMismatch: grpc.StatusCode.INVALID_ARGUMENT,
     ModelMismatch: grpc.StatusCode.FAILED_PRECONDITION,
     StorageFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
     NotReady: grpc.StatusCode.UNAVAILABLE,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
 

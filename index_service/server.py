@@ -1,9 +1,10 @@
-"""Assembles the index: store, collection, servicer, on a gRPC server."""
+"""Assembles the index: collection, servicer, metrics, on a gRPC server."""
 
 import logging
 
 import grpc
 
+from imgsim.metrics import Metrics
 from imgsim.serving import Health, build_server
 from imgsim.v1 import index_pb2, index_pb2_grpc
 from index_service.collection import Collection
@@ -17,28 +18,53 @@ SERVICE_NAME = index_pb2.DESCRIPTOR.services_by_name["Index"].full_name
 class IndexServer:
     """A running index: the gRPC server plus what must be closed with it."""
 
-    def __init__(self, server: grpc.Server, port: int, health: Health, servicer: IndexServicer):
+    def __init__(self, server: grpc.Server, port: int, health: Health, servicer: IndexServicer, metrics: Metrics,
+                 metrics_port: int | None):
         self.server = server
         self.port = port
         self.health = health
         self.servicer = servicer
+        self.metrics = metrics
+        self.metrics_port = metrics_port
 
     def stop(self, grace_s: float | None = None) -> None:
+        """Drains: NOT_SERVING first, new calls refused, in-flight calls get grace_s, then a closing snapshot."""
         self.health.set_serving(False)
         self.servicer.ready.clear()
         self.server.stop(grace_s).wait()
         self.servicer.collection.close()
+        self.metrics.stop()
+
+
+def log_bytes(collection: Collection) -> int:
+    """Size of SQLite's write-ahead log: what a restart replays before its snapshot is current."""
+    wal = collection.store.path.with_name(collection.store.path.name + "-wal")
+    return wal.stat().st_size if wal.exists() else 0
+
+
+def index_metrics(metrics: Metrics, collection: Collection) -> None:
+    metrics.gauge("imgsim_index_vectors", "candidates held", lambda: collection.count)
+    metrics.gauge("imgsim_index_log_bytes", "bytes of the write-ahead log", lambda: log_bytes(collection))
+    metrics.gauge("imgsim_index_last_snapshot_timestamp_seconds", "Unix time of the last snapshot (0: none yet)",
+                  lambda: collection.last_snapshot_unix)
 
 
 def create_server(config: IndexConfig) -> IndexServer:
-    """Loads the data directory, starts serving on config.address, then reports SERVING."""
+    """Loads the data directory, starts serving, then reports SERVING."""
+    collection = Collection(config.data_dir, config.index_kind, config.kind_params, config.snapshot_every,
+                            config.faiss_threads)
+    metrics = Metrics()
+    index_metrics(metrics, collection)
+    search_seconds = metrics.histogram("imgsim_index_search_seconds", "search time, by index kind and exactness",
+                                       ["kind", "exact"])
+    servicer = IndexServicer(collection, search_seconds)
     health = Health(SERVICE_NAME)
-    servicer = IndexServicer(Collection(config.data_dir, config.index_kind, config.kind_params,
-                                        config.snapshot_every, config.faiss_threads))
-    server, port = build_server(
-        config.address, lambda s: index_pb2_grpc.add_IndexServicer_to_server(servicer, s), SERVICE_NAME, health,
-        config.max_message_bytes, config.max_workers)
+    server, port = build_server(config.serving, lambda s: index_pb2_grpc.add_IndexServicer_to_server(servicer, s),
+                                SERVICE_NAME, health, metrics)
+    metrics_port = None
+    if config.serving.metrics_port is not None:
+        metrics_port = metrics.serve(config.serving.host, config.serving.metrics_port)
     servicer.ready.set()
     health.set_serving(True)
-    log.info("index serving %s on %s:%d", config.data_dir, config.host, port)
-    return IndexServer(server, port, health, servicer)
+    log.info("index serving %s on %s:%d (metrics port %s)", config.data_dir, config.serving.host, port, metrics_port)
+    return IndexServer(server, port, health, servicer, metrics, metrics_port)

@@ -1,16 +1,18 @@
 """Translates between imgsim.v1.Index messages and the collection."""
 
 import threading
+import time
 
 from imgsim.v1 import common_pb2, index_pb2, index_pb2_grpc
 from index_service import validation
 from index_service.collection import Collection
-from index_service.errors import NotReady, abort_for
+from index_service.errors import DeadlineExceeded, NotReady, abort_for
 
 
 class IndexServicer(index_pb2_grpc.IndexServicer):
-    def __init__(self, collection: Collection):
+    def __init__(self, collection: Collection, search_seconds=None):
         self.collection = collection
+        self.search_seconds = search_seconds  # a histogram labelled by kind and exactness, or None
         self.ready = threading.Event()
 
     def _check_ready(self) -> None:
@@ -43,7 +45,13 @@ class IndexServicer(index_pb2_grpc.IndexServicer):
         try:
             self._check_ready()
             queries, conditions = validation.search_queries(request)
+            if context.time_remaining() is not None and context.time_remaining() <= 0:
+                raise DeadlineExceeded("the deadline passed before the search started; nothing was computed")
+            started = time.perf_counter()
             found = self.collection.search(request.model_fingerprint, queries, request.k, conditions, request.exact)
+            if self.search_seconds is not None:
+                self.search_seconds.labels(self.collection.index_kind, str(request.exact).lower()).observe(
+                    time.perf_counter() - started)
             return index_pb2.SearchResponse(results=[
                 index_pb2.QueryResult(hits=[index_pb2.Hit(id=h.id, score=h.score, metadata=h.metadata) for h in hits])
                 for hits in found

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imgsim.serving import ServingConfig
+
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_MODEL = ROOT / "assets" / "vit-digits"
 SHIPPED_DATASET = ROOT / "assets" / "digits"
@@ -55,18 +57,20 @@ def second_vit(tmp_path_factory) -> Path:
     return folder
 
 
-def start_embedder(model: Path, **overrides):
+def start_embedder(model: Path, serving: ServingConfig = ServingConfig(), **overrides):
+    """An in-process embedder on 127.0.0.1, port 0 unless `serving` says otherwise."""
     from embedder_service.config import EmbedderConfig
     from embedder_service.server import create_server
 
-    return create_server(EmbedderConfig(model=str(model), **{"port": 0, **overrides}))
+    return create_server(EmbedderConfig(model=str(model), serving=serving, **overrides))
 
 
-def start_index(data_dir: Path, **overrides):
+def start_index(data_dir: Path, serving: ServingConfig = ServingConfig(), **overrides):
+    """An in-process index on 127.0.0.1, port 0 unless `serving` says otherwise."""
     from index_service.config import IndexConfig
     from index_service.server import create_server
 
-    return create_server(IndexConfig(data_dir=data_dir, **{"port": 0, **overrides}))
+    return create_server(IndexConfig(data_dir=data_dir, serving=serving, **overrides))
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,8 @@ def test_environment_variables_fill_in_for_missing_flags(monkeypatch, tmp_path):
     monkeypatch.setenv("IMGSIM_INDEX_PORT", "6000")
     monkeypatch.setenv("IMGSIM_INDEX_DATA_DIR", str(tmp_path))
     config = index_config([])
-    assert (config.port, config.data_dir) == (6000, tmp_path)
-    assert index_config(["--port", "7000"]).port == 7000  # a flag beats the environment
+    assert (config.serving.port, config.data_dir) == (6000, tmp_path)
+    assert index_config(["--port", "7000"]).serving.port == 7000  # a flag beats the environment
 
 
 def test_embedder_flags_build_a_frozen_config(monkeypatch):
@@ -23,7 +23,7 @@ def test_embedder_flags_build_a_frozen_config(monkeypatch):
     config = embedder_config(["--model", "some/model", "--dtype", "bfloat16"])
     assert (config.model, config.dtype, config.max_batch_size) == ("some/model", "bfloat16", 8)
     with pytest.raises(AttributeError):
-        config.port = 1  # type: ignore[misc]
+        config.model = "other"  # type: ignore[misc]
 
 
 @pytest.mark.parametrize("module, env, value, words", [

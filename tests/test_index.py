@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import start_index
+from imgsim.serving import ServingConfig
 from imgsim import vectors
 from imgsim.v1 import index_pb2, index_pb2_grpc
 from index_service.collection import Collection, NewItem
@@ -224,4 +225,4 @@ def test_a_second_server_on_a_taken_port_fails_fast(tmp_path, index):
     from imgsim.serving import PortInUse
 
     with pytest.raises(PortInUse, match=f"cannot listen on 127.0.0.1:{index.port}"):
-        start_index(tmp_path / "other", port=index.port)
+        start_index(tmp_path / "other", ServingConfig(port=index.port))

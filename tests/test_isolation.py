@@ -25,7 +25,7 @@ from client.cli import build_parser
 from index_service.config import IndexConfig
 from index_service.server import create_server
 
-running = create_server(IndexConfig(data_dir=__import__("pathlib").Path(sys.argv[1]), port=0))
+running = create_server(IndexConfig(data_dir=__import__("pathlib").Path(sys.argv[1])))
 rng = np.random.default_rng(0)
 candidates = rng.standard_normal((20, 16)).astype(np.float32)
 with SimilarityClient(index=f"127.0.0.1:{running.port}") as client:
