@@ -2,9 +2,9 @@
 
 from client.errors import (DeadlineExceeded, ImgsimError, InvalidArgument, ModelMismatch, Overloaded,
                            Unauthenticated, Unavailable)
-from client.sdk import Hit, IndexReport, IndexStats, ModelInfo, PartialHits, SimilarityClient, StoredItem
+from client.sdk import ClientTls, Hit, IndexReport, IndexStats, ModelInfo, PartialHits, SimilarityClient, StoredItem
 
 __all__ = [
-    "SimilarityClient", "Hit", "ModelInfo", "IndexStats", "IndexReport", "PartialHits", "StoredItem", "ImgsimError", "InvalidArgument",
+    "SimilarityClient", "ClientTls", "Hit", "ModelInfo", "IndexStats", "IndexReport", "PartialHits", "StoredItem", "ImgsimError", "InvalidArgument",
     "ModelMismatch", "Overloaded", "Unavailable", "DeadlineExceeded", "Unauthenticated",
 ]

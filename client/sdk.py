@@ -2,6 +2,7 @@
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import grpc
@@ -93,13 +94,61 @@ def channel_target(address: str | Sequence[str]) -> str:
     return "ipv4:" + ",".join(address)
 
 
-def open_channel(address: str | Sequence[str]) -> grpc.Channel:
-    return grpc.insecure_channel(channel_target(address), options=[
+@dataclass(frozen=True)
+class ClientTls:
+    """TLS towards the services: the CA that signed their certificates, and for mutual TLS this client's own."""
+    root_ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+
+
+class BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                  grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds `authorization: Bearer <token>` to every call (works on plain and TLS channels alike)."""
+
+    def __init__(self, token: str):
+        self.header = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details):
+        return _CallDetails(details.method, details.timeout, [*(details.metadata or ()), self.header],
+                            details.credentials, details.wait_for_ready, details.compression)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_unary(self, continuation, details, request_iterator):
+        return continuation(self._with_token(details), request_iterator)
+
+    def intercept_stream_stream(self, continuation, details, request_iterator):
+        return continuation(self._with_token(details), request_iterator)
+
+
+class _CallDetails(grpc.ClientCallDetails):
+    def __init__(self, method, timeout, metadata, credentials, wait_for_ready, compression):
+        self.method, self.timeout, self.metadata = method, timeout, metadata
+        self.credentials, self.wait_for_ready, self.compression = credentials, wait_for_ready, compression
+
+
+def open_channel(address: str | Sequence[str], tls: ClientTls | None = None, token: str | None = None) -> grpc.Channel:
+    options = [
         ("grpc.service_config", RETRY_SERVICE_CONFIG),
         ("grpc.enable_retries", 1),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ])
+    ]
+    target = channel_target(address)
+    if tls is None:
+        channel = grpc.insecure_channel(target, options=options)
+    else:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=tls.root_ca.read_bytes(),
+            private_key=tls.key.read_bytes() if tls.key else None,
+            certificate_chain=tls.cert.read_bytes() if tls.cert else None)
+        channel = grpc.secure_channel(target, credentials, options=options)
+    return grpc.intercept_channel(channel, BearerToken(token)) if token else channel
 
 
 def unpack_results(results) -> tuple[np.ndarray | None, list[tuple[str, str]]]:
@@ -122,11 +171,14 @@ class SimilarityClient:
         index: address of the index service, or a list of shard addresses: each id lives on the shard
             a stable hash of it picks, and searches ask every shard and merge their top k.
         timeout: seconds each unary call may take before it fails with DeadlineExceeded.
+        tls: TLS settings when the services serve TLS (ClientTls); None for plain connections.
+        token: the bearer token, when the services require one.
     """
 
     def __init__(self, embedder: str | Sequence[str] | None = None, index: str | Sequence[str] | None = None,
-                 timeout: float = 60.0):
+                 timeout: float = 60.0, tls: ClientTls | None = None, token: str | None = None):
         self.timeout = timeout
+        self._tls, self._token = tls, token
         self._channels = []
         self._embedder = self._shards = None
         if embedder:
@@ -137,7 +189,7 @@ class SimilarityClient:
         self._fingerprint: str | None = None
 
     def _open(self, address) -> grpc.Channel:
-        channel = open_channel(address)
+        channel = open_channel(address, self._tls, self._token)
         self._channels.append(channel)
         return channel
 

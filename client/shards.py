@@ -55,10 +55,12 @@ class ShardedIndex:
                         for s in range(0, len(mine), per_message)]
             calls.append((self.shards[number], self.shards[number].stub.Upsert.future(iter(messages),
                                                                                         timeout=self.timeout)))
+        counts = {}
         for shard, call in calls:
             with translated_errors(shard.name):
-                call.result()
-        return self.count()
+                counts[shard.number] = call.result().count
+        # Every shard answered with its count: no need to ask again.
+        return sum(counts.values()) if len(counts) == len(self.shards) else self.count()
 
     def delete(self, ids: Sequence[str]) -> int:
         calls = [(self.shards[n], self.shards[n].stub.Delete.future(

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     except (OSError, ValueError) as err:
         sys.exit(f"imgsim-embedder: cannot load model {config.model!r}: {err}")
     wait_for_stop_signal()
-    running.stop(config.serving.grace_s)
+    running.stop()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Assembles the embedder: model, preprocessing, batcher, servicer, metrics, on a gRPC server."""
 
 import logging
+from dataclasses import replace
 from typing import Callable
 
 import grpc
@@ -12,7 +13,7 @@ from embedder_service.pipeline import Pipeline
 from embedder_service.preprocess import make_preprocessor
 from embedder_service.servicer import EmbedderServicer
 from imgsim.metrics import Metrics
-from imgsim.serving import BadServingConfig, Health, build_server
+from imgsim.serving import BadServingConfig, Health, ServingConfig, build_server, drain
 from imgsim.v1 import embedder_pb2, embedder_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,8 @@ class EmbedderServer:
     """A running embedder: the gRPC server plus what must be stopped with it."""
 
     def __init__(self, server: grpc.Server, port: int, health: Health, pipeline: Pipeline,
-                 servicer: EmbedderServicer, metrics: Metrics, metrics_port: int | None):
+                 servicer: EmbedderServicer, metrics: Metrics, metrics_port: int | None, serving: ServingConfig):
+        self.serving = serving
         self.server = server
         self.port = port
         self.health = health
@@ -34,10 +36,9 @@ class EmbedderServer:
         self.metrics_port = metrics_port
 
     def stop(self, grace_s: float | None = None) -> None:
-        """Drains: NOT_SERVING first, new calls refused, in-flight calls get grace_s, then the pipeline ends."""
-        self.health.set_serving(False)
-        self.servicer.ready.clear()
-        self.server.stop(grace_s).wait()
+        """Drains (see imgsim.serving.drain), then ends the pipeline; grace_s overrides the configured grace."""
+        serving = self.serving if grace_s is None else replace(self.serving, grace_s=grace_s)
+        drain(self.health, self.server, serving, self.servicer.ready.clear)
         self.pipeline.stop()
         self.metrics.stop()
 
@@ -82,4 +83,4 @@ def create_server(config: EmbedderConfig, model: EmbeddingModel | None = None) -
     servicer.ready.set()
     health.set_serving(True)
     log.info("embedder serving %s on %s:%d (metrics port %s)", config.model, config.serving.host, port, metrics_port)
-    return EmbedderServer(server, port, health, pipeline, servicer, metrics, metrics_port)
+    return EmbedderServer(server, port, health, pipeline, servicer, metrics, metrics_port, config.serving)

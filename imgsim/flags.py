@@ -63,7 +63,7 @@ def existing_file(text: str) -> Path:
     return path
 
 
-SERVING_FLAGS = ("host", "port", "max_workers", "max_message_bytes", "grace_s", "metrics_port", "tls_cert", "tls_key",
+SERVING_FLAGS = ("host", "port", "max_workers", "max_message_bytes", "grace_s", "drain_s", "metrics_port", "tls_cert", "tls_key",
                  "tls_client_ca", "auth_token_file", "log_level", "log_format")
 
 
@@ -74,6 +74,9 @@ def add_serving_options(parser: argparse.ArgumentParser, prefix: str, default_po
     add_option(parser, "--max-message-bytes", f"{prefix}_MAX_MESSAGE_BYTES", 64 * 1024 * 1024,
                "largest request or reply message; larger ones get RESOURCE_EXHAUSTED", type=positive_int)
     add_option(parser, "--grace-s", f"{prefix}_GRACE_S", 10.0, "seconds in-flight calls get on SIGTERM",
+               type=non_negative_float)
+    add_option(parser, "--drain-s", f"{prefix}_DRAIN_S", 0.0,
+               "on SIGTERM, seconds health says NOT_SERVING while calls are still taken (for load balancers)",
                type=non_negative_float)
     add_option(parser, "--metrics-port", f"{prefix}_METRICS_PORT", None,
                "port of the Prometheus /metrics endpoint (0: any free port; unset: none)", type=port_number)

@@ -3,6 +3,7 @@
 import logging
 import signal
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ class ServingConfig:
     max_workers: int = 32
     max_message_bytes: int = 64 * 1024 * 1024
     grace_s: float = 10.0
+    drain_s: float = 0.0  # NOT_SERVING is announced this long before new calls are refused
     metrics_port: int | None = None  # None: no metrics endpoint; 0: any free port
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -108,6 +110,15 @@ def build_server(config: ServingConfig, add_servicers: Callable[[grpc.Server], N
                         f"({err})") from err
     server.start()
     return server, port
+
+
+def drain(health_state: Health, server: grpc.Server, config: ServingConfig, stop_taking_calls) -> None:
+    """Stops a server gracefully: NOT_SERVING first, calls still taken for drain_s so load balancers notice,
+    then no new calls, and those in flight get grace_s to finish."""
+    health_state.set_serving(False)
+    time.sleep(config.drain_s)
+    stop_taking_calls()
+    server.stop(config.grace_s).wait()
 
 
 def wait_for_stop_signal() -> None:

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     except (PortInUse, BadServingConfig, DataDirMismatch) as err:
         sys.exit(f"imgsim-index: {err}")
     wait_for_stop_signal()
-    running.stop(config.serving.grace_s)
+    running.stop()
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 """Assembles the index: collection, servicer, metrics, on a gRPC server."""
 
 import logging
+from dataclasses import replace
 
 import grpc
 
 from imgsim.metrics import Metrics
-from imgsim.serving import Health, build_server
+from imgsim.serving import Health, ServingConfig, build_server, drain
 from imgsim.v1 import index_pb2, index_pb2_grpc
 from index_service.collection import Collection
 from index_service.config import IndexConfig
@@ -19,7 +20,8 @@ class IndexServer:
     """A running index: the gRPC server plus what must be closed with it."""
 
     def __init__(self, server: grpc.Server, port: int, health: Health, servicer: IndexServicer, metrics: Metrics,
-                 metrics_port: int | None):
+                 metrics_port: int | None, serving: ServingConfig):
+        self.serving = serving
         self.server = server
         self.port = port
         self.health = health
@@ -28,10 +30,9 @@ class IndexServer:
         self.metrics_port = metrics_port
 
     def stop(self, grace_s: float | None = None) -> None:
-        """Drains: NOT_SERVING first, new calls refused, in-flight calls get grace_s, then a closing snapshot."""
-        self.health.set_serving(False)
-        self.servicer.ready.clear()
-        self.server.stop(grace_s).wait()
+        """Drains (see imgsim.serving.drain), then flushes a closing snapshot; grace_s overrides the configured grace."""
+        serving = self.serving if grace_s is None else replace(self.serving, grace_s=grace_s)
+        drain(self.health, self.server, serving, self.servicer.ready.clear)
         self.servicer.collection.close()
         self.metrics.stop()
 
@@ -67,4 +68,4 @@ def create_server(config: IndexConfig) -> IndexServer:
     servicer.ready.set()
     health.set_serving(True)
     log.info("index serving %s on %s:%d (metrics port %s)", config.data_dir, config.serving.host, port, metrics_port)
-    return IndexServer(server, port, health, servicer, metrics, metrics_port)
+    return IndexServer(server, port, health, servicer, metrics, metrics_port, config.serving)
