@@ -1,4 +1,4 @@
-"""imgsim: the client's command line (demo, index, search, stats)."""
+"""imgsim: the client's command line (demo, index, search, stats, loadtest)."""
 
 import argparse
 import json
@@ -62,6 +62,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     stats = commands.add_parser("stats", help="what the index holds")
     add_addresses(stats, ("index",))
+
+    load = commands.add_parser("loadtest", help="a bounded ghz-like load test of one RPC",
+                               description="Makes --total calls of --call from --concurrency threads and prints a "
+                                           "ghz-like summary. Takes the data files of loadtest/ (as ghz does).")
+    load.add_argument("host", help="the service's host:port")
+    load.add_argument("--call", required=True, help="e.g. imgsim.v1.Index/Search or imgsim.v1.Embedder.Embed")
+    load.add_argument("-D", "--data-file", required=True, type=Path,
+                      help="JSON request (a list of requests for client-streaming calls)")
+    load.add_argument("-c", "--concurrency", type=positive_int, default=50, help="calls at once [default 50]")
+    load.add_argument("-n", "--total", type=positive_int, default=200, help="calls in all [default 200]")
+    load.add_argument("-t", "--timeout", type=float, default=20.0, help="seconds per call [default 20]")
     return parser
 
 
@@ -109,6 +120,18 @@ def run(args: argparse.Namespace) -> None:
             found = client.search(list(args.images), k=args.k, where=parse_where(args.where))
         for path, hits in zip(args.images, found):
             print(json.dumps({"query": str(path), "hits": [h.__dict__ for h in hits]}))
+    elif args.command == "loadtest":
+        import grpc
+
+        from client.loadtest import find_method, load_requests, run_load, summary
+
+        method = find_method(args.call)
+        requests = load_requests(method, args.data_file)
+        with grpc.insecure_channel(args.host) as channel:
+            result = run_load(channel, method, requests, args.concurrency, args.total, args.timeout)
+        print(summary(result))
+        if result.errors:
+            sys.exit(1)
     elif args.command == "stats":
         require(args, "index")
         with SimilarityClient(index=args.index) as client:

@@ -1,7 +1,8 @@
-"""Regenerates the Python code for protos/ into imgsim/v1/, or with --check fails when it is stale.
+"""Regenerates the Python code for protos/ into imgsim/v1/ (and the protoset ghz can load from
+loadtest/imgsim.protoset), or with --check fails when any of it is stale.
 
     python scripts/gen_protos.py          # regenerate
-    python scripts/gen_protos.py --check  # exit 1 if the committed code differs from what protoc makes
+    python scripts/gen_protos.py --check  # exit 1 if the committed output differs from what protoc makes
 
 The output is committed so that installing the client needs no protoc. Never edit it by hand.
 """
@@ -18,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
 PACKAGE_DIR = Path("imgsim") / "v1"
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
+PROTOSET = Path("loadtest") / "imgsim.protoset"
 
 
 def generate(out_dir: Path) -> list[Path]:
@@ -26,13 +28,18 @@ def generate(out_dir: Path) -> list[Path]:
     include = Path(protoc.__file__).parent / "_proto"
     args = ["protoc", f"-I{PROTO_ROOT}", f"-I{include}", f"--python_out={out_dir}", f"--pyi_out={out_dir}",
             f"--grpc_python_out={out_dir}"] + [str(p) for p in protos]
-    if protoc.main(args) != 0:
+    (out_dir / PROTOSET).parent.mkdir(parents=True, exist_ok=True)
+    descriptor_set = ["protoc", f"-I{PROTO_ROOT}", f"-I{include}", "--include_imports",
+                      f"--descriptor_set_out={out_dir / PROTOSET}"] + [str(p) for p in protos]
+    if protoc.main(args) != 0 or protoc.main(descriptor_set) != 0:
         sys.exit("protoc failed")
-    return sorted(p.relative_to(out_dir) for p in (out_dir / PACKAGE_DIR).iterdir() if p.name.endswith(GENERATED_SUFFIXES))
+    code = [p.relative_to(out_dir) for p in (out_dir / PACKAGE_DIR).iterdir() if p.name.endswith(GENERATED_SUFFIXES)]
+    return sorted(code) + [PROTOSET]
 
 
 def committed_files() -> list[Path]:
-    return sorted(p.relative_to(ROOT) for p in (ROOT / PACKAGE_DIR).iterdir() if p.name.endswith(GENERATED_SUFFIXES))
+    code = [p.relative_to(ROOT) for p in (ROOT / PACKAGE_DIR).iterdir() if p.name.endswith(GENERATED_SUFFIXES)]
+    return sorted(code) + ([PROTOSET] if (ROOT / PROTOSET).exists() else [])
 
 
 def main() -> None:
