@@ -1,6 +1,8 @@
 """SimilarityClient: embeds images with the embedder service and searches them with the index service."""
 
 import json
+import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -14,6 +16,7 @@ from client.images import ImageLike, encoded, is_single
 from imgsim import vectors
 from imgsim.v1 import embedder_pb2, embedder_pb2_grpc, index_pb2
 
+log = logging.getLogger(__name__)
 # Calls that are safe to repeat are retried by gRPC itself when a replica is unreachable (UNAVAILABLE).
 RETRY_SERVICE_CONFIG = json.dumps({
     "loadBalancingConfig": [{"round_robin": {}}],
@@ -173,11 +176,15 @@ class SimilarityClient:
         timeout: seconds each unary call may take before it fails with DeadlineExceeded.
         tls: TLS settings when the services serve TLS (ClientTls); None for plain connections.
         token: the bearer token, when the services require one.
+        stream_retry_s: how long a stream to an unreachable embedder is retried, with backoff, before
+            Unavailable is raised (progress resets it).
     """
 
     def __init__(self, embedder: str | Sequence[str] | None = None, index: str | Sequence[str] | None = None,
-                 timeout: float = 60.0, tls: ClientTls | None = None, token: str | None = None):
+                 timeout: float = 60.0, tls: ClientTls | None = None, token: str | None = None,
+                 stream_retry_s: float = 30.0):
         self.timeout = timeout
+        self.stream_retry_s = stream_retry_s
         self._tls, self._token = tls, token
         self._channels = []
         self._embedder = self._shards = None
@@ -254,12 +261,36 @@ class SimilarityClient:
 
     def _embed_encoded(self, id_and_bytes: Iterable[tuple[str, bytes]], raw: bool):
         """Streams (id, bytes) through EmbedStream; returns the vectors of the good ones and the failures."""
-        results = []
+        items = list(id_and_bytes)
         with translated_errors("embedder"):
-            for response in self._embedder_stub().EmbedStream(embed_requests(id_and_bytes, IMAGES_PER_MESSAGE, raw)):
-                self._fingerprint = response.model_fingerprint
-                results.extend(response.results)
+            results = list(self._embed_stream(lambda start: items[start:], IMAGES_PER_MESSAGE, raw))
         return unpack_results(results)
+
+    def _embed_stream(self, items_from: Callable[[int], Iterable[tuple[str, bytes]]], per_message: int,
+                      raw: bool = False) -> Iterator[embedder_pb2.EmbedResult]:
+        """Every image's result, in order. When the embedder becomes unreachable mid-stream (a replica killed,
+        restarted), waits with exponential backoff and resumes from the first image without a result:
+        embedding is idempotent. Gives up with the last error after `stream_retry_s` without progress."""
+        done, delay, give_up_at = 0, 0.1, None
+        while True:
+            try:
+                requests = embed_requests(items_from(done), per_message, raw)
+                for response in self._embedder_stub().EmbedStream(requests):
+                    self._fingerprint = response.model_fingerprint
+                    for result in response.results:
+                        done, delay, give_up_at = done + 1, 0.1, None
+                        yield result
+                return
+            except grpc.RpcError as err:
+                if err.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                give_up_at = give_up_at or time.monotonic() + self.stream_retry_s
+                if time.monotonic() + delay > give_up_at:
+                    raise
+                log.warning("embedder unavailable after %d results (%s); retrying in %.1f s", done, err.details(),
+                            delay)
+                time.sleep(delay)
+                delay = min(2 * delay, 2.0)
 
     def embedding_fn(self, image_column: str = "image", output_column: str = "embeddings") -> Callable:
         """A function for `dataset.map(fn, batched=True)` that adds each row's embedding, as in the write-up."""
@@ -363,8 +394,8 @@ class SimilarityClient:
         report = IndexReport()
         bar = tqdm(total=len(dataset), desc="indexing", unit="img", disable=not progress)
 
-        def rows() -> Iterator[tuple[str, bytes]]:
-            for start in range(0, len(raw_images), batch_size):
+        def rows(first: int) -> Iterator[tuple[str, bytes]]:
+            for start in range(first, len(raw_images), batch_size):
                 chunk = raw_images[start:start + batch_size]
                 for offset, image in enumerate(chunk[image_column]):
                     row = start + offset
@@ -378,15 +409,13 @@ class SimilarityClient:
         try:
             pending: list[index_pb2.Item] = []
             with translated_errors("embedder"):
-                for response in self._embedder_stub().EmbedStream(embed_requests(rows(), batch_size)):
-                    self._fingerprint = response.model_fingerprint
-                    for result in response.results:
-                        metadata = metadata_of.pop(result.id)
-                        if result.HasField("error"):
-                            report.failed.append((result.id, result.error.message))
-                        else:
-                            pending.append(index_pb2.Item(id=result.id, vector=result.vector, metadata=metadata))
-                    bar.update(len(response.results))
+                for result in self._embed_stream(rows, batch_size):
+                    metadata = metadata_of.pop(result.id)
+                    if result.HasField("error"):
+                        report.failed.append((result.id, result.error.message))
+                    else:
+                        pending.append(index_pb2.Item(id=result.id, vector=result.vector, metadata=metadata))
+                    bar.update(1)
                     if len(pending) >= batch_size:
                         report.indexed += self._write(pending)
                         pending = []

@@ -4,6 +4,8 @@ import logging
 
 import grpc
 
+from imgsim.streams import StreamIdle
+
 log = logging.getLogger(__name__)
 
 
@@ -48,5 +50,7 @@ def abort_for(context: grpc.ServicerContext, error: Exception) -> None:
     """Ends the call with the status the error maps to. Unknown errors are INTERNAL, logged once, not leaked."""
     if isinstance(error, EmbedderError):
         context.abort(status_code_for(error), str(error))
+    if isinstance(error, StreamIdle):
+        context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(error))
     log.exception("internal error in embedder call", exc_info=error)
     context.abort(grpc.StatusCode.INTERNAL, "internal error in the embedder; see its log")

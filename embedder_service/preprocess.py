@@ -143,8 +143,13 @@ class FastPreprocessor:
     def __call__(self, data: bytes, label: str) -> np.ndarray:
         picture = decode(data, self.max_pixels, label, self.draft_side)
         recipe = self.recipe
+        width, height = resized_size(recipe, *picture.size)
+        if width * height > self.max_pixels:
+            # A shortest-edge resize of a 1x10000 strip would make a 224x2240000 image.
+            raise InvalidImage(f"{label}: its aspect ratio {picture.size[0]}x{picture.size[1]} would resize to "
+                               f"{width}x{height} pixels, over the limit of {self.max_pixels}")
         try:
-            picture = picture.resize(resized_size(recipe, *picture.size), resample=recipe.resample)
+            picture = picture.resize((width, height), resample=recipe.resample)
         except ValueError as err:
             raise InvalidImage(f"{label}: cannot resize image: {err}") from None
         pixels = np.asarray(picture)

@@ -71,7 +71,7 @@ def create_server(config: EmbedderConfig, model: EmbeddingModel | None = None) -
     metrics.gauge("imgsim_embedder_queue_depth", "images admitted and not yet embedded",
                   lambda: pipeline.capacity.in_use)
     servicer = EmbedderServicer(pipeline, model.info, config.max_request_images, config.max_image_bytes,
-                                config.max_batch_size)
+                                config.max_batch_size, config.serving.stream_idle_s)
     health = Health(SERVICE_NAME)
     server, port = build_server(
         config.serving, lambda s: embedder_pb2_grpc.add_EmbedderServicer_to_server(servicer, s), SERVICE_NAME,

@@ -7,11 +7,12 @@ from concurrent.futures import Future, wait
 import grpc
 import numpy as np
 
-from embedder_service.errors import DeadlineExceeded, EmbedderError, InvalidRequest, NotReady, abort_for, status_code_for
+from embedder_service.errors import DeadlineExceeded, EmbedderError, InvalidImage, InvalidRequest, NotReady, abort_for, status_code_for
 from embedder_service.model import ModelInfo
 from embedder_service.pipeline import Pipeline
 from embedder_service.preprocess import describe
 from imgsim import vectors
+from imgsim.streams import with_idle_limit
 from imgsim.v1 import common_pb2, embedder_pb2, embedder_pb2_grpc
 
 MAX_ID_BYTES = 256
@@ -23,12 +24,19 @@ def normalised(vector: np.ndarray) -> np.ndarray:
     return vector / norm if norm > 0 else vector
 
 
-def validate_image(image: embedder_pb2.Image, position: int, max_image_bytes: int) -> None:
-    label = describe(position, image.id)
+def image_problem(image: embedder_pb2.Image, label: str, max_image_bytes: int) -> InvalidImage | None:
+    """What is wrong with an image before decoding it, if anything."""
     if len(image.id.encode()) > MAX_ID_BYTES:
-        raise InvalidRequest(f"{label}: id is {len(image.id.encode())} bytes, over the limit of {MAX_ID_BYTES}")
+        return InvalidImage(f"{label}: id is {len(image.id.encode())} bytes, over the limit of {MAX_ID_BYTES}")
     if len(image.data) > max_image_bytes:
-        raise InvalidRequest(f"{label}: {len(image.data)} bytes is over the limit of {max_image_bytes} bytes")
+        return InvalidImage(f"{label}: {len(image.data)} bytes is over the limit of {max_image_bytes} bytes")
+    return None
+
+
+def failed(error: Exception) -> Future:
+    future: Future = Future()
+    future.set_exception(error)
+    return future
 
 
 def to_result(image_id: str, future: Future, raw: bool) -> embedder_pb2.EmbedResult:
@@ -44,21 +52,29 @@ def to_result(image_id: str, future: Future, raw: bool) -> embedder_pb2.EmbedRes
 
 class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
     def __init__(self, pipeline: Pipeline, info: ModelInfo, max_request_images: int, max_image_bytes: int,
-                 max_batch_size: int):
+                 max_batch_size: int, stream_idle_s: float = 60.0):
         self.pipeline = pipeline
+        self.stream_idle_s = stream_idle_s
         self.info = info
         self.max_request_images = max_request_images
         self.max_image_bytes = max_image_bytes
         self.max_batch_size = max_batch_size
         self.ready = threading.Event()
 
-    def _check_request(self, images, first_position: int = 0) -> None:
+    def _check_request(self, images) -> None:
         if not self.ready.is_set():
             raise NotReady("the embedder is not ready: the model is loading or the server is stopping")
         if len(images) > self.max_request_images:
             raise InvalidRequest(f"{len(images)} images in one message, over the limit of {self.max_request_images}")
-        for offset, image in enumerate(images):
-            validate_image(image, first_position + offset, self.max_image_bytes)
+
+    def _submit(self, image: embedder_pb2.Image, position: int) -> Future:
+        """The image's embedding to come, or its error now (admission is the caller's)."""
+        label = describe(position, image.id)
+        problem = image_problem(image, label, self.max_image_bytes)
+        if problem is not None:
+            self.pipeline.capacity.release(1)  # admitted, but it will never reach the pipeline
+            return failed(problem)
+        return self.pipeline.submit(image.data, label)
 
     def Embed(self, request, context):
         try:
@@ -66,7 +82,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
                 raise InvalidRequest("no images in the request")
             self._check_request(request.images)
             self.pipeline.admit_or_refuse(len(request.images))
-            futures = [self.pipeline.submit(image.data, describe(i, image.id)) for i, image in enumerate(request.images)]
+            futures = [self._submit(image, i) for i, image in enumerate(request.images)]
             context.add_callback(lambda: [f.cancel() for f in futures])
             _, not_done = wait(futures, timeout=seconds_left(context))
             if not_done:
@@ -101,22 +117,22 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         position = 0
         raw = None
         try:
-            for request in request_iterator:
+            for request in with_idle_limit(request_iterator, self.stream_idle_s):
                 if raw is None:
                     raw = request.raw
-                self._check_request(request.images, position)
+                self._check_request(request.images)
                 for image in request.images:
                     if not self.pipeline.admit_waiting(stop):
                         return
-                    future = self.pipeline.submit(image.data, describe(position, image.id))
+                    future = self._submit(image, position)
                     if not put_unless_stopped(pending, (image.id, future, raw), stop):
                         future.cancel()
                         return
                     position += 1
             put_unless_stopped(pending, _END_OF_STREAM, stop)
-        except grpc.RpcError:
-            stop.set()  # the client went away; the generator sees `stop` and ends
         except Exception as err:
+            if stop.is_set():
+                return  # the client went away or the call ended; nothing is left to tell
             put_unless_stopped(pending, err, stop)
 
     def _stream_results(self, pending: queue.Queue, stop: threading.Event):

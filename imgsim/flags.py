@@ -47,6 +47,13 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
 def parse_bool(text: str) -> bool:
     lowered = str(text).strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -63,7 +70,7 @@ def existing_file(text: str) -> Path:
     return path
 
 
-SERVING_FLAGS = ("host", "port", "max_workers", "max_message_bytes", "grace_s", "drain_s", "metrics_port", "tls_cert", "tls_key",
+SERVING_FLAGS = ("host", "port", "max_workers", "max_message_bytes", "grace_s", "drain_s", "stream_idle_s", "metrics_port", "tls_cert", "tls_key",
                  "tls_client_ca", "auth_token_file", "log_level", "log_format")
 
 
@@ -78,6 +85,9 @@ def add_serving_options(parser: argparse.ArgumentParser, prefix: str, default_po
     add_option(parser, "--drain-s", f"{prefix}_DRAIN_S", 0.0,
                "on SIGTERM, seconds health says NOT_SERVING while calls are still taken (for load balancers)",
                type=non_negative_float)
+    add_option(parser, "--stream-idle-s", f"{prefix}_STREAM_IDLE_S", 60.0,
+               "a client stream that sends nothing this long is closed with DEADLINE_EXCEEDED",
+               type=positive_float)
     add_option(parser, "--metrics-port", f"{prefix}_METRICS_PORT", None,
                "port of the Prometheus /metrics endpoint (0: any free port; unset: none)", type=port_number)
     add_option(parser, "--tls-cert", f"{prefix}_TLS_CERT", None, "PEM certificate chain: serve TLS",

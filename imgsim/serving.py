@@ -37,6 +37,7 @@ class ServingConfig:
     max_message_bytes: int = 64 * 1024 * 1024
     grace_s: float = 10.0
     drain_s: float = 0.0  # NOT_SERVING is announced this long before new calls are refused
+    stream_idle_s: float = 60.0  # a client stream silent this long is closed with DEADLINE_EXCEEDED
     metrics_port: int | None = None  # None: no metrics endpoint; 0: any free port
     tls_cert: Path | None = None
     tls_key: Path | None = None

@@ -27,6 +27,9 @@ def parse_config(argv: list[str] | None = None) -> IndexConfig:
     add_option(parser, "--snapshot-every", f"{ENV}_SNAPSHOT_EVERY", 100_000,
                "changed items after which the in-memory index is snapshotted (restarts load the snapshot)",
                type=positive_int)
+    add_option(parser, "--max-storage-bytes", f"{ENV}_MAX_STORAGE_BYTES", None,
+               "quota on the store's size: past it writes get RESOURCE_EXHAUSTED, searches go on (unset: the disk)",
+               type=positive_int)
     defaults = KindParams()
     for name, help_text in KIND_PARAM_HELP.items():
         add_option(parser, "--" + name.replace("_", "-"), f"{ENV}_{name.upper()}", getattr(defaults, name), help_text,

@@ -11,7 +11,7 @@ import faiss
 import numpy as np
 
 from index_service import snapshot
-from index_service.errors import DimensionMismatch, InvalidArgument, ModelMismatch
+from index_service.errors import DimensionMismatch, InvalidArgument, ModelMismatch, StorageFull
 from index_service.index import KINDS, KindParams, top_k_by_exact_score
 from index_service.locks import ReadWriteLock
 from index_service.store import Store, StoredItem
@@ -49,10 +49,10 @@ class Collection:
     """Upserts, deletes and searches. Writes are durable before they return; searches run concurrently."""
 
     def __init__(self, data_dir: Path, index_kind: str = "flat", params: KindParams = KindParams(),
-                 snapshot_every: int = 100_000, search_threads: int = 1):
+                 snapshot_every: int = 100_000, search_threads: int = 1, max_storage_bytes: int | None = None):
         self.data_dir = data_dir
         self.search_threads = search_threads
-        self.store = Store(data_dir)
+        self.store = Store(data_dir, max_storage_bytes)
         self.params = params
         self.snapshot_every = snapshot_every
         settings = self.store.settings()
@@ -153,6 +153,7 @@ class Collection:
             settings = {"next_row": str(first_row + len(stored))}
             if not self.fingerprint:
                 settings.update(model_fingerprint=fingerprint, dimension=str(dimension), index_kind=self.index_kind)
+            self._reserve_vector_space(first_row + len(stored), dimension)
             self.store.write(stored, replaced, settings)
             self._next_row = first_row + len(stored)
             if not self.fingerprint:
@@ -164,6 +165,18 @@ class Collection:
                     self._remove_rows(np.asarray(replaced, dtype=np.int64))
                 self._add(stored, unit)
             self._count_changes(len(stored) + len(replaced))
+
+    def _reserve_vector_space(self, rows: int, dimension: int) -> None:
+        """Allocates the vector file's room before the store commits, so a full disk refuses the write whole."""
+        if not KINDS[self.index_kind].approximate:
+            return
+        try:
+            if self._vectors is None:  # the first write: the dimension is this write's
+                self._vectors = VectorFile(self.data_dir / "vectors.f32", dimension)
+            self._vectors.reserve(rows)
+        except OSError as err:
+            raise StorageFull(f"no room for the vectors on the index's disk ({err.strerror}); nothing of this "
+                              "write was kept, searches go on") from err
 
     def delete(self, ids: list[str]) -> int:
         with self._write_order:

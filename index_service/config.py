@@ -17,3 +17,4 @@ class IndexConfig:
     kind_params: KindParams = field(default_factory=KindParams)
     snapshot_every: int = 100_000
     faiss_threads: int = 1
+    max_storage_bytes: int | None = None

@@ -4,6 +4,8 @@ import logging
 
 import grpc
 
+from imgsim.streams import StreamIdle
+
 log = logging.getLogger(__name__)
 
 
@@ -49,5 +51,7 @@ def abort_for(context: grpc.ServicerContext, error: Exception) -> None:
     """Ends the call with the status the error maps to. Unknown errors are INTERNAL, logged once, not leaked."""
     if isinstance(error, IndexServiceError):
         context.abort(STATUS_CODES[type(error)], str(error))
+    if isinstance(error, StreamIdle):
+        context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(error))
     log.exception("internal error in index call", exc_info=error)
     context.abort(grpc.StatusCode.INTERNAL, "internal error in the index; see its log")

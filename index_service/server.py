@@ -53,12 +53,12 @@ def index_metrics(metrics: Metrics, collection: Collection) -> None:
 def create_server(config: IndexConfig) -> IndexServer:
     """Loads the data directory, starts serving, then reports SERVING."""
     collection = Collection(config.data_dir, config.index_kind, config.kind_params, config.snapshot_every,
-                            config.faiss_threads)
+                            config.faiss_threads, config.max_storage_bytes)
     metrics = Metrics()
     index_metrics(metrics, collection)
     search_seconds = metrics.histogram("imgsim_index_search_seconds", "search time, by index kind and exactness",
                                        ["kind", "exact"])
-    servicer = IndexServicer(collection, search_seconds)
+    servicer = IndexServicer(collection, search_seconds, config.serving.stream_idle_s)
     health = Health(SERVICE_NAME)
     server, port = build_server(config.serving, lambda s: index_pb2_grpc.add_IndexServicer_to_server(servicer, s),
                                 SERVICE_NAME, health, metrics)

@@ -3,6 +3,7 @@
 import threading
 import time
 
+from imgsim.streams import with_idle_limit
 from imgsim.v1 import common_pb2, index_pb2, index_pb2_grpc
 from index_service import validation
 from index_service.collection import Collection
@@ -10,8 +11,9 @@ from index_service.errors import DeadlineExceeded, NotReady, abort_for
 
 
 class IndexServicer(index_pb2_grpc.IndexServicer):
-    def __init__(self, collection: Collection, search_seconds=None):
+    def __init__(self, collection: Collection, search_seconds=None, stream_idle_s: float = 60.0):
         self.collection = collection
+        self.stream_idle_s = stream_idle_s
         self.search_seconds = search_seconds  # a histogram labelled by kind and exactness, or None
         self.ready = threading.Event()
 
@@ -23,7 +25,7 @@ class IndexServicer(index_pb2_grpc.IndexServicer):
         try:
             self._check_ready()
             upserted = 0
-            for request in request_iterator:
+            for request in with_idle_limit(request_iterator, self.stream_idle_s):
                 items = validation.upsert_items(request, first_position=upserted)
                 self.collection.upsert(request.model_fingerprint, items)
                 upserted += len(items)

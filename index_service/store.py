@@ -41,7 +41,7 @@ class StoredItem:
 class Store:
     """Items, tombstones and settings on disk. Each write is one transaction: whole or not at all."""
 
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, max_bytes: int | None = None):
         data_dir.mkdir(parents=True, exist_ok=True)
         self.path = data_dir / "index.sqlite3"
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -51,6 +51,10 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        if max_bytes:
+            # A full quota fails a write exactly as a full disk does (SQLITE_FULL): whole, and nothing kept.
+            page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
+            self._db.execute(f"PRAGMA max_page_count = {max(1, max_bytes // page_size)}")
         self.seq = int(self.settings().get("seq", 0))
 
     def settings(self) -> dict[str, str]:
@@ -102,7 +106,8 @@ class Store:
                             [(i.row, i.id, i.vector, json.dumps(i.metadata, sort_keys=True), seq) for i in upserts])
             except sqlite3.OperationalError as err:
                 if "full" in str(err).lower():
-                    raise StorageFull(f"the index's disk is full; nothing of this write was kept ({err})") from err
+                    raise StorageFull("the index's storage is full (disk or --max-storage-bytes); nothing of this "
+                                      "write was kept, searches go on") from err
                 raise
             self.seq = seq
             return seq

@@ -1,5 +1,6 @@
 """The exact unit vectors by row number, memory-mapped from disk, for re-ranking and exact search."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +35,18 @@ class VectorFile:
         self._map = np.memmap(self.path, dtype=np.float32, mode="r+", shape=(capacity, self.dimension))
         self._capacity = capacity
 
+    def reserve(self, rows: int) -> None:
+        """Makes room for `rows` rows on disk now. The space is allocated, not just promised: writing through
+        the memory map to a full disk would kill the process (SIGBUS) instead of raising."""
+        if rows <= self._capacity:
+            return
+        capacity = max(rows, self._capacity * GROWTH, 1024)
+        with self.path.open("r+b") as file:
+            os.posix_fallocate(file.fileno(), 0, capacity * 4 * self.dimension)
+        self._open(capacity)
+
     def write(self, rows: np.ndarray, vectors: np.ndarray) -> None:
-        needed = int(rows.max()) + 1
-        if needed > self._capacity:
-            self._open(max(needed, self._capacity * GROWTH, 1024))
+        self.reserve(int(rows.max()) + 1)
         self._map[rows] = vectors
 
     def read(self, rows: np.ndarray) -> np.ndarray:
