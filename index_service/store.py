@@ -132,7 +132,8 @@ class _Transaction:
 
     def __exit__(self, kind, error, traceback):
         if kind is not None:
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:  # SQLite may already have rolled back itself (SQLITE_FULL does)
+                self.db.execute("ROLLBACK")
             return False
         try:
             self.db.execute("COMMIT")
