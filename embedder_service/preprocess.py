@@ -45,8 +45,9 @@ def decode(data: bytes, max_pixels: int, label: str, draft_side: int | None = No
         raise InvalidImage(f"{label}: not a recognised image format ({len(data)} bytes)") from None
     except Image.DecompressionBombError as err:  # PIL's own guard, at twice its limit, fires in open()
         raise InvalidImage(f"{label}: its size is over the limit of {max_pixels} pixels ({err})") from None
-    except (OSError, ValueError, SyntaxError) as err:
-        raise InvalidImage(f"{label}: cannot decode image: {err}") from None
+    except Exception as err:  # decoders of untrusted bytes fail in many ways (struct.error, EOFError...):
+        # whatever it is, it is this image's problem, not the server's
+        raise InvalidImage(f"{label}: cannot decode image: {type(err).__name__}: {err}") from None
 
 
 def to_rgb(picture: Image.Image) -> Image.Image:
