@@ -2,7 +2,9 @@
 
 from client.errors import (DeadlineExceeded, ImgsimError, InvalidArgument, ModelMismatch, Overloaded,
                            Unauthenticated, Unavailable)
-from client.sdk import ClientTls, Hit, IndexReport, IndexStats, ModelInfo, PartialHits, SimilarityClient, StoredItem
+from client.channels import ClientTls
+from client.results import Hit, IndexReport, IndexStats, ModelInfo, PartialHits, StoredItem
+from client.sdk import SimilarityClient
 
 __all__ = [
     "SimilarityClient", "ClientTls", "Hit", "ModelInfo", "IndexStats", "IndexReport", "PartialHits", "StoredItem", "ImgsimError", "InvalidArgument",

@@ -11,7 +11,8 @@ from PIL import Image, ImageDraw
 
 from client.images import encoded
 from client.local_services import start_local_services
-from client.sdk import Hit, SimilarityClient
+from client.results import Hit
+from client.sdk import SimilarityClient
 
 OFFLINE_MODEL = "assets/vit-digits"
 OFFLINE_DATASET = "assets/digits"

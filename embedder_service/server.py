@@ -1,10 +1,8 @@
 """Assembles the embedder: model, preprocessing, batcher, servicer, metrics, on a gRPC server."""
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass
 from typing import Callable
-
-import grpc
 
 from embedder_service.batcher import Batcher
 from embedder_service.config import EmbedderConfig
@@ -13,7 +11,7 @@ from embedder_service.pipeline import Pipeline
 from embedder_service.preprocess import make_preprocessor
 from embedder_service.servicer import EmbedderServicer
 from imgsim.metrics import Metrics
-from imgsim.serving import BadServingConfig, Health, ServingConfig, build_server, drain
+from imgsim.serving import BadServingConfig, Health, RunningServer, build_server
 from imgsim.v1 import embedder_pb2, embedder_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -21,26 +19,10 @@ SERVICE_NAME = embedder_pb2.DESCRIPTOR.services_by_name["Embedder"].full_name
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
-class EmbedderServer:
-    """A running embedder: the gRPC server plus what must be stopped with it."""
-
-    def __init__(self, server: grpc.Server, port: int, health: Health, pipeline: Pipeline,
-                 servicer: EmbedderServicer, metrics: Metrics, metrics_port: int | None, serving: ServingConfig):
-        self.serving = serving
-        self.server = server
-        self.port = port
-        self.health = health
-        self.pipeline = pipeline
-        self.servicer = servicer
-        self.metrics = metrics
-        self.metrics_port = metrics_port
-
-    def stop(self, grace_s: float | None = None) -> None:
-        """Drains (see imgsim.serving.drain), then ends the pipeline; grace_s overrides the configured grace."""
-        serving = self.serving if grace_s is None else replace(self.serving, grace_s=grace_s)
-        drain(self.health, self.server, serving, self.servicer.ready.clear)
-        self.pipeline.stop()
-        self.metrics.stop()
+@dataclass
+class EmbedderServer(RunningServer):
+    pipeline: Pipeline
+    servicer: EmbedderServicer
 
 
 def embedder_metrics(metrics: Metrics) -> Callable[[int, list[float]], None]:
@@ -73,14 +55,12 @@ def create_server(config: EmbedderConfig, model: EmbeddingModel | None = None) -
     servicer = EmbedderServicer(pipeline, model.info, config.max_request_images, config.max_image_bytes,
                                 config.max_batch_size, config.serving.stream_idle_s)
     health = Health(SERVICE_NAME)
-    server, port = build_server(
+    server, port, metrics_port = build_server(
         config.serving, lambda s: embedder_pb2_grpc.add_EmbedderServicer_to_server(servicer, s), SERVICE_NAME,
         health, metrics)
-    metrics_port = None
-    if config.serving.metrics_port is not None:
-        metrics_port = metrics.serve(config.serving.host, config.serving.metrics_port)
     model.warm_up(config.max_batch_size)
     servicer.ready.set()
     health.set_serving(True)
     log.info("embedder serving %s on %s:%d (metrics port %s)", config.model, config.serving.host, port, metrics_port)
-    return EmbedderServer(server, port, health, pipeline, servicer, metrics, metrics_port, config.serving)
+    return EmbedderServer(server, port, health, config.serving, metrics, metrics_port, servicer.ready.clear,
+                          pipeline.stop, pipeline, servicer)

@@ -90,8 +90,9 @@ class Health:
 
 
 def build_server(config: ServingConfig, add_servicers: Callable[[grpc.Server], None], service_name: str,
-                 health_state: Health, metrics: Metrics) -> tuple[grpc.Server, int]:
-    """Creates and starts a server on config.address (port 0: any free one); returns it and its port."""
+                 health_state: Health, metrics: Metrics) -> tuple[grpc.Server, int, int | None]:
+    """Creates and starts a server on config.address (port 0: any free one), and the metrics endpoint if
+    asked for; returns the server, its port and the metrics port (None without one)."""
     credentials = server_credentials(config)
     interceptors = [ObservingInterceptor(metrics)]
     if config.auth_token:
@@ -110,16 +111,32 @@ def build_server(config: ServingConfig, add_servicers: Callable[[grpc.Server], N
         raise PortInUse(f"cannot listen on {config.address}: the port is taken or the host is not local "
                         f"({err})") from err
     server.start()
-    return server, port
+    metrics_port = metrics.serve(config.host, config.metrics_port) if config.metrics_port is not None else None
+    return server, port, metrics_port
 
 
-def drain(health_state: Health, server: grpc.Server, config: ServingConfig, stop_taking_calls) -> None:
-    """Stops a server gracefully: NOT_SERVING first, calls still taken for drain_s so load balancers notice,
-    then no new calls, and those in flight get grace_s to finish."""
-    health_state.set_serving(False)
-    time.sleep(config.drain_s)
-    stop_taking_calls()
-    server.stop(config.grace_s).wait()
+@dataclass
+class RunningServer:
+    """A started server and what stops with it: `stop_taking_calls` makes the servicer refuse new work,
+    `close` releases the service's own resources once the last call is done."""
+    server: grpc.Server
+    port: int
+    health: Health
+    serving: ServingConfig
+    metrics: Metrics
+    metrics_port: int | None
+    stop_taking_calls: Callable[[], None]
+    close: Callable[[], None]
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """Stops gracefully: NOT_SERVING first, calls still taken for drain_s so load balancers notice, then
+        no new calls, those in flight get grace_s (this one's, if given) to finish, then `close`."""
+        self.health.set_serving(False)
+        time.sleep(self.serving.drain_s)
+        self.stop_taking_calls()
+        self.server.stop(self.serving.grace_s if grace_s is None else grace_s).wait()
+        self.close()
+        self.metrics.stop()
 
 
 def wait_for_stop_signal() -> None:

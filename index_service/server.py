@@ -1,12 +1,10 @@
 """Assembles the index: collection, servicer, metrics, on a gRPC server."""
 
 import logging
-from dataclasses import replace
-
-import grpc
+from dataclasses import dataclass
 
 from imgsim.metrics import Metrics
-from imgsim.serving import Health, ServingConfig, build_server, drain
+from imgsim.serving import Health, RunningServer, build_server
 from imgsim.v1 import index_pb2, index_pb2_grpc
 from index_service.collection import Collection
 from index_service.config import IndexConfig
@@ -16,25 +14,9 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = index_pb2.DESCRIPTOR.services_by_name["Index"].full_name
 
 
-class IndexServer:
-    """A running index: the gRPC server plus what must be closed with it."""
-
-    def __init__(self, server: grpc.Server, port: int, health: Health, servicer: IndexServicer, metrics: Metrics,
-                 metrics_port: int | None, serving: ServingConfig):
-        self.serving = serving
-        self.server = server
-        self.port = port
-        self.health = health
-        self.servicer = servicer
-        self.metrics = metrics
-        self.metrics_port = metrics_port
-
-    def stop(self, grace_s: float | None = None) -> None:
-        """Drains (see imgsim.serving.drain), then flushes a closing snapshot; grace_s overrides the configured grace."""
-        serving = self.serving if grace_s is None else replace(self.serving, grace_s=grace_s)
-        drain(self.health, self.server, serving, self.servicer.ready.clear)
-        self.servicer.collection.close()
-        self.metrics.stop()
+@dataclass
+class IndexServer(RunningServer):
+    servicer: IndexServicer
 
 
 def log_bytes(collection: Collection) -> int:
@@ -60,12 +42,12 @@ def create_server(config: IndexConfig) -> IndexServer:
                                        ["kind", "exact"])
     servicer = IndexServicer(collection, search_seconds, config.serving.stream_idle_s)
     health = Health(SERVICE_NAME)
-    server, port = build_server(config.serving, lambda s: index_pb2_grpc.add_IndexServicer_to_server(servicer, s),
-                                SERVICE_NAME, health, metrics)
-    metrics_port = None
-    if config.serving.metrics_port is not None:
-        metrics_port = metrics.serve(config.serving.host, config.serving.metrics_port)
+    server, port, metrics_port = build_server(
+        config.serving, lambda s: index_pb2_grpc.add_IndexServicer_to_server(servicer, s), SERVICE_NAME, health,
+        metrics)
     servicer.ready.set()
     health.set_serving(True)
     log.info("index serving %s on %s:%d (metrics port %s)", config.data_dir, config.serving.host, port, metrics_port)
-    return IndexServer(server, port, health, servicer, metrics, metrics_port, config.serving)
+    # Closing writes a snapshot, so the next start loads instead of rebuilding.
+    return IndexServer(server, port, health, config.serving, metrics, metrics_port, servicer.ready.clear,
+                       collection.close, servicer)

@@ -54,7 +54,7 @@ def test_the_embedder_can_scale_and_clients_reach_it_by_name():
     assert "ports" not in embedder  # a fixed host port would stop --scale embedder=3
     assert {"50051", "9101"} <= set(embedder["expose"])
     assert COMPOSE["services"]["client"]["environment"]["IMGSIM_EMBEDDER_ADDRESS"] == "embedder:50051"
-    from client.sdk import RETRY_SERVICE_CONFIG, channel_target
+    from client.channels import RETRY_SERVICE_CONFIG, channel_target
     assert channel_target("embedder:50051") == "dns:///embedder:50051"
     assert "round_robin" in RETRY_SERVICE_CONFIG
 
