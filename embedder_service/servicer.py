@@ -7,7 +7,8 @@ from concurrent.futures import Future, wait
 import grpc
 import numpy as np
 
-from embedder_service.errors import DeadlineExceeded, EmbedderError, InvalidImage, InvalidRequest, NotReady, abort_for, status_code_for
+from embedder_service.errors import (DeadlineExceeded, EmbedderError, InvalidImage, InvalidRequest, NotReady, abort_for,
+                                     status_code_for)
 from embedder_service.model import ModelInfo
 from embedder_service.pipeline import Pipeline
 from embedder_service.preprocess import describe
@@ -54,11 +55,11 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
     def __init__(self, pipeline: Pipeline, info: ModelInfo, max_request_images: int, max_image_bytes: int,
                  max_batch_size: int, stream_idle_s: float = 60.0):
         self.pipeline = pipeline
-        self.stream_idle_s = stream_idle_s
         self.info = info
         self.max_request_images = max_request_images
         self.max_image_bytes = max_image_bytes
         self.max_batch_size = max_batch_size
+        self.stream_idle_s = stream_idle_s
         self.ready = threading.Event()
 
     def _check_request(self, images) -> None:

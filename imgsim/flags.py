@@ -70,13 +70,14 @@ def existing_file(text: str) -> Path:
     return path
 
 
-SERVING_FLAGS = ("host", "port", "max_workers", "max_message_bytes", "grace_s", "drain_s", "stream_idle_s", "metrics_port", "tls_cert", "tls_key",
-                 "tls_client_ca", "auth_token_file", "log_level", "log_format")
+SERVING_FLAGS = ("host", "port", "max_workers", "max_message_bytes", "grace_s", "drain_s", "stream_idle_s",
+                 "metrics_port", "tls_cert", "tls_key", "tls_client_ca", "auth_token_file", "log_level", "log_format")
 
 
 def add_serving_options(parser: argparse.ArgumentParser, prefix: str, default_port: int) -> None:
     add_option(parser, "--host", f"{prefix}_HOST", "127.0.0.1", "interface to listen on (0.0.0.0 for all)")
-    add_option(parser, "--port", f"{prefix}_PORT", default_port, "port to listen on (0: any free port)", type=port_number)
+    add_option(parser, "--port", f"{prefix}_PORT", default_port, "port to listen on (0: any free port)",
+               type=port_number)
     add_option(parser, "--max-workers", f"{prefix}_MAX_WORKERS", 32, "RPCs served at once", type=positive_int)
     add_option(parser, "--max-message-bytes", f"{prefix}_MAX_MESSAGE_BYTES", 64 * 1024 * 1024,
                "largest request or reply message; larger ones get RESOURCE_EXHAUSTED", type=positive_int)
