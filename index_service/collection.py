@@ -48,12 +48,12 @@ def normalise_rows(matrix: np.ndarray) -> np.ndarray:
 class Collection:
     """Upserts, deletes and searches. Writes are durable before they return; searches run concurrently."""
 
-    def __init__(self, data_dir: Path, index_kind: str = "flat", params: KindParams = KindParams(),
+    def __init__(self, data_dir: Path, index_kind: str = "flat", params: KindParams | None = None,
                  snapshot_every: int = 100_000, search_threads: int = 1, max_storage_bytes: int | None = None):
         self.data_dir = data_dir
         self.search_threads = search_threads
         self.store = Store(data_dir, max_storage_bytes)
-        self.params = params
+        self.params = params or KindParams()
         self.snapshot_every = snapshot_every
         settings = self.store.settings()
         stored_kind = settings.get("index_kind")

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from certificates import issue, make_ca
-from client import ClientTls, SimilarityClient, Unauthenticated, Unavailable
+from client import ClientTls, InvalidArgument, SimilarityClient, Unauthenticated, Unavailable
 from conftest import ROOT, SHIPPED_MODEL, png_bytes, start_embedder, start_index
 from imgsim.serving import ServingConfig
 from imgsim.v1 import embedder_pb2, embedder_pb2_grpc, index_pb2, index_pb2_grpc
@@ -129,7 +129,7 @@ def test_metrics_endpoints_show_the_counters_moving(tmp_path, digits):
             images = [digits["test"][i]["image"] for i in range(12)]
             client.add(images, [str(i) for i in range(12)])
             client.search(images[:3], k=2)
-            with pytest.raises(Exception):
+            with pytest.raises(InvalidArgument):
                 client.search_vectors(np.ones(5, dtype=np.float32), k=2)  # wrong dimension
         after, index_metrics = scrape(embedder.metrics_port), scrape(index.metrics_port)
     finally:
@@ -233,7 +233,6 @@ def test_bearer_token_guards_every_rpc_but_health(tmp_path, digits):
 
 def test_token_from_a_file_and_tls_flags_reach_the_running_service(tmp_path, pki):
     from client.local_services import free_port
-    from imgsim.healthcheck import is_serving
 
     token_file = tmp_path / "token"
     token_file.write_text("from-a-file\n")

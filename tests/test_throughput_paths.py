@@ -1,6 +1,5 @@
 """The embedder's fast paths stay faithful: preprocessing, draft decoding, batching, streaming, dtypes."""
 
-import io
 import threading
 import time
 
@@ -9,13 +8,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoImageProcessor, AutoModel, ViTConfig, ViTImageProcessorPil, ViTModel
+from transformers import AutoImageProcessor, ViTConfig, ViTImageProcessorPil, ViTModel
 
 from conftest import SHIPPED_MODEL, jpeg_bytes, photo_like, png_bytes, start_embedder
 from embedder_service.batcher import Batcher
 from embedder_service.model import EmbeddingModel
 from embedder_service.preprocess import FastPreprocessor, ReferencePreprocessor, make_preprocessor
-from imgsim import vectors
 from imgsim.v1 import embedder_pb2, embedder_pb2_grpc
 
 PROCESSORS = {
