@@ -30,7 +30,7 @@ def start(module: str, port: int, *args: str) -> subprocess.Popen:
 def test_an_embedder_killed_mid_stream_is_retried_and_the_stream_completes(digits):
     port = free_port()
     embedder = start("embedder_service", port, "--max-batch-size", "2", "--max-batch-delay-ms", "0")
-    images = [png_bytes(digits["train"][i % 1438]["image"]) for i in range(1500)]
+    images = [png_bytes(digits["train"][i % 1438]["image"]) for i in range(3000)]
     outcome = {}
 
     def embed_all():
@@ -51,12 +51,12 @@ def test_an_embedder_killed_mid_stream_is_retried_and_the_stream_completes(digit
         embedder.kill()
         embedder.wait()
     vectors = outcome["vectors"]
-    assert vectors.shape == (1500, 96)
+    assert vectors.shape == (3000, 96)
     from embedder_service.model import EmbeddingModel
     from embedder_service.preprocess import ReferencePreprocessor
     model = EmbeddingModel(str(SHIPPED_MODEL))
     preprocess = ReferencePreprocessor(model.processor, 10**9)
-    sample = [0, 700, 1499]
+    sample = [0, 1500, 2999]
     expected = model.embed(np.stack([preprocess(images[i], "x") for i in sample]))
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
     np.testing.assert_allclose(vectors[sample], expected, atol=1e-4)
