@@ -148,8 +148,8 @@ class Collection:
             latest = list({item.id: item for item in items}.values())
             replaced = [self._row_of[item.id] for item in latest if item.id in self._row_of]
             first_row = self._next_row
-            stored = [StoredItem(first_row + i, item.id, item.vector.astype("<f4").tobytes(), item.metadata)
-                      for i, item in enumerate(latest)]
+            stored = [StoredItem(first_row + i, item.id, np.asarray(item.vector, dtype="<f4").tobytes(),
+                                 item.metadata) for i, item in enumerate(latest)]
             settings = {"next_row": str(first_row + len(stored))}
             if not self.fingerprint:
                 settings.update(model_fingerprint=fingerprint, dimension=str(dimension), index_kind=self.index_kind)

@@ -103,7 +103,8 @@ class Store:
                     if upserts:
                         self._db.executemany(
                             "INSERT INTO items(row, id, vector, metadata, seq) VALUES (?, ?, ?, ?, ?)",
-                            [(i.row, i.id, i.vector, json.dumps(i.metadata, sort_keys=True), seq) for i in upserts])
+                            [(i.row, i.id, i.vector, json.dumps(i.metadata, sort_keys=True) if i.metadata else "{}", seq)
+                             for i in upserts])
             except sqlite3.OperationalError as err:
                 if "full" in str(err).lower():
                     raise StorageFull("the index's storage is full (disk or --max-storage-bytes); nothing of this "
