@@ -38,6 +38,10 @@ class StoredItem:
     metadata: dict[str, str]
 
 
+def metadata_json(metadata: dict[str, str]) -> str:
+    return json.dumps(metadata, sort_keys=True) if metadata else "{}"
+
+
 class Store:
     """Items, tombstones and settings on disk. Each write is one transaction: whole or not at all."""
 
@@ -103,8 +107,7 @@ class Store:
                     if upserts:
                         self._db.executemany(
                             "INSERT INTO items(row, id, vector, metadata, seq) VALUES (?, ?, ?, ?, ?)",
-                            [(i.row, i.id, i.vector, json.dumps(i.metadata, sort_keys=True) if i.metadata else "{}", seq)
-                             for i in upserts])
+                            [(i.row, i.id, i.vector, metadata_json(i.metadata), seq) for i in upserts])
             except sqlite3.OperationalError as err:
                 if "full" in str(err).lower():
                     raise StorageFull("the index's storage is full (disk or --max-storage-bytes); nothing of this "
