@@ -13,7 +13,7 @@ from client.images import ImageLike, encoded, is_single
 from client.results import Hit, IndexReport, IndexStats, ModelInfo, PartialHits, StoredItem
 from client.shards import ShardedIndex
 from imgsim import vectors
-from imgsim.v1 import embedder_pb2, embedder_pb2_grpc, index_pb2
+from imgsim.v1 import common_pb2, embedder_pb2, embedder_pb2_grpc, index_pb2
 
 log = logging.getLogger(__name__)
 IMAGES_PER_MESSAGE = 32
@@ -180,8 +180,9 @@ class SimilarityClient:
         metadata = metadata or [{} for _ in ids]
         if not (len(ids) == len(vectors_) == len(metadata)):
             raise ValueError(f"{len(ids)} ids, {len(vectors_)} vectors and {len(metadata)} metadata do not match")
-        items = [index_pb2.Item(id=ids[i], vector=vectors.to_proto(vectors_[i]), metadata=metadata[i])
-                 for i in range(len(ids))]
+        packed = np.ascontiguousarray(vectors_, dtype=vectors.WIRE_DTYPE)
+        items = [index_pb2.Item(id=item_id, vector=common_pb2.Vector(float32_le=row.tobytes()), metadata=meta)
+                 for item_id, row, meta in zip(ids, packed, metadata)]
         return self._index().upsert(fingerprint, items, items_per_upsert(np.shape(vectors_)[-1]))
 
     def add(self, images: Sequence[ImageLike], ids: Sequence[str],

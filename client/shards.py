@@ -41,6 +41,8 @@ class ShardedIndex:
         self.timeout = timeout
 
     def _by_shard(self, ids: Sequence[str]) -> dict[int, list[int]]:
+        if len(self.shards) == 1:  # no hashing needed: it all goes to the one index
+            return {0: list(range(len(ids)))}
         positions: dict[int, list[int]] = {}
         for position, item_id in enumerate(ids):
             positions.setdefault(shard_of(item_id, len(self.shards)), []).append(position)
