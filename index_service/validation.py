@@ -44,23 +44,31 @@ def check_metadata(metadata: dict[str, str], label: str) -> dict[str, str]:
     return dict(metadata)
 
 
+def item_label(position: int, item) -> str:
+    return f"item {position}" + (f" (id {item.id[:64]!r})" if item.id else "")
+
+
 def upsert_items(request: index_pb2.UpsertRequest, first_position: int) -> list[NewItem]:
     """The items of one Upsert message, all checked; positions count from the start of the stream."""
     if not request.items:
         raise InvalidArgument(f"upsert message at item {first_position} carries no items")
     if len(request.items) > MAX_ITEMS_PER_MESSAGE:
         raise InvalidArgument(f"{len(request.items)} items in one message, over the limit of {MAX_ITEMS_PER_MESSAGE}")
-    labels = [f"item {first_position + offset}" + (f" (id {item.id[:64]!r})" if item.id else "")
-              for offset, item in enumerate(request.items)]
-    matrix = vectors_of(request.items, labels)
+    matrix = vectors_of(request.items, first_position)
     items = []
-    for label, item, vector in zip(labels, request.items, matrix):
-        check_id(item.id, label)
-        items.append(NewItem(item.id, vector, check_metadata(dict(item.metadata), label) if item.metadata else {}))
+    for offset, (item, vector) in enumerate(zip(request.items, matrix)):
+        # Labels are built only for a suspect item: formatting thousands per message costs real time. An id
+        # of at most 64 characters is at most 256 bytes of UTF-8, so only longer ones need measuring.
+        if not item.id or len(item.id) > MAX_ID_BYTES // 4:
+            check_id(item.id, item_label(first_position + offset, item))
+        metadata = dict(item.metadata) if item.metadata else {}
+        if metadata:
+            check_metadata(metadata, item_label(first_position + offset, item))
+        items.append(NewItem(item.id, vector, metadata))
     return items
 
 
-def vectors_of(items, labels: list[str]) -> np.ndarray:
+def vectors_of(items, first_position: int) -> np.ndarray:
     """All the items' vectors as one matrix, checked in one pass; the first bad one is named."""
     raw = [item.vector.float32_le for item in items]
     if len({len(data) for data in raw}) == 1 and raw[0] and len(raw[0]) % 4 == 0:
@@ -69,7 +77,8 @@ def vectors_of(items, labels: list[str]) -> np.ndarray:
             return matrix
     # Something is wrong: check one by one, so the message names the first bad item and what is wrong.
     checked = []
-    for label, item in zip(labels, items):
+    for offset, item in enumerate(items):
+        label = item_label(first_position + offset, item)
         vector = check_vector(item.vector, label)
         if checked and len(vector) != len(checked[0]):
             raise DimensionMismatch(f"{label}: dimension {len(vector)} differs from the message's first item "
