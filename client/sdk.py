@@ -13,7 +13,7 @@ from client.images import ImageLike, encoded, is_single
 from client.results import Hit, IndexReport, IndexStats, ModelInfo, PartialHits, StoredItem
 from client.shards import ShardedIndex
 from imgsim import vectors
-from imgsim.v1 import common_pb2, embedder_pb2, embedder_pb2_grpc, index_pb2
+from imgsim.v1 import embedder_pb2, embedder_pb2_grpc, index_pb2
 
 log = logging.getLogger(__name__)
 IMAGES_PER_MESSAGE = 32
@@ -181,9 +181,8 @@ class SimilarityClient:
         if not (len(ids) == len(vectors_) == len(metadata)):
             raise ValueError(f"{len(ids)} ids, {len(vectors_)} vectors and {len(metadata)} metadata do not match")
         packed = np.ascontiguousarray(vectors_, dtype=vectors.WIRE_DTYPE)
-        items = [index_pb2.Item(id=item_id, vector=common_pb2.Vector(float32_le=row.tobytes()), metadata=meta)
-                 for item_id, row, meta in zip(ids, packed, metadata)]
-        return self._index().upsert(fingerprint, items, items_per_upsert(np.shape(vectors_)[-1]))
+        rows = [(item_id, row.tobytes(), meta) for item_id, row, meta in zip(ids, packed, metadata)]
+        return self._index().upsert(fingerprint, rows, items_per_upsert(np.shape(vectors_)[-1]))
 
     def add(self, images: Sequence[ImageLike], ids: Sequence[str],
             metadata: Sequence[dict[str, str]] | None = None) -> int:
@@ -281,14 +280,14 @@ class SimilarityClient:
                     yield item_id, encoded(image)
 
         try:
-            pending: list[index_pb2.Item] = []
+            pending: list[tuple[str, bytes, dict[str, str]]] = []
             with translated_errors("embedder"):
                 for result in self._embed_stream(rows, batch_size):
                     metadata = metadata_of.pop(result.id)
                     if result.HasField("error"):
                         report.failed.append((result.id, result.error.message))
                     else:
-                        pending.append(index_pb2.Item(id=result.id, vector=result.vector, metadata=metadata))
+                        pending.append((result.id, result.vector.float32_le, metadata))
                     bar.update(1)
                     if len(pending) >= batch_size:
                         report.indexed += self._write(pending)
@@ -299,8 +298,8 @@ class SimilarityClient:
             bar.close()
         return report
 
-    def _write(self, items: list[index_pb2.Item]) -> int:
-        self._index().upsert(self._fingerprint, items, items_per_upsert(len(items[0].vector.float32_le) // 4))
+    def _write(self, items: list[tuple[str, bytes, dict[str, str]]]) -> int:
+        self._index().upsert(self._fingerprint, items, items_per_upsert(len(items[0][1]) // 4))
         return len(items)
 
 

@@ -48,15 +48,20 @@ class ShardedIndex:
             positions.setdefault(shard_of(item_id, len(self.shards)), []).append(position)
         return positions
 
-    def upsert(self, fingerprint: str, items: Sequence[index_pb2.Item], per_message: int) -> int:
-        """Writes each item to its shard, all shards in parallel; returns how many the shards hold in all."""
-        calls = []
-        for number, positions in self._by_shard([item.id for item in items]).items():
-            mine = [items[p] for p in positions]
-            messages = [index_pb2.UpsertRequest(model_fingerprint=fingerprint, items=mine[s:s + per_message])
-                        for s in range(0, len(mine), per_message)]
-            calls.append((self.shards[number], self.shards[number].stub.Upsert.future(iter(messages),
-                                                                                        timeout=self.timeout)))
+    def upsert(self, fingerprint: str, rows: Sequence[tuple[str, bytes, dict[str, str]]], per_message: int) -> int:
+        """Writes each (id, packed vector, metadata) row to its shard, all shards in parallel; returns how many
+        the shards hold in all. Messages are built as gRPC sends them, so building overlaps the index's work."""
+        def messages(positions: list[int]):
+            for start in range(0, len(positions), per_message):
+                message = index_pb2.UpsertRequest(model_fingerprint=fingerprint)
+                for position in positions[start:start + per_message]:
+                    item_id, vector, metadata = rows[position]
+                    item = message.items.add(id=item_id, metadata=metadata)
+                    item.vector.float32_le = vector
+                yield message
+
+        calls = [(self.shards[n], self.shards[n].stub.Upsert.future(messages(positions), timeout=self.timeout))
+                 for n, positions in self._by_shard([row[0] for row in rows]).items()]
         counts = {}
         for shard, call in calls:
             with translated_errors(shard.name):

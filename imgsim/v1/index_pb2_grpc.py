@@ -67,9 +67,9 @@ class IndexServicer:
     def Upsert(self, request_iterator, context):
         """Adds or replaces candidates. The client streams messages of many items each; an item whose id is
         already held replaces it (vector and metadata); within one stream the last item of an id wins.
-        Each message is validated whole and written before the next is read; the reply comes after the last
-        message is durably written. On an error the call fails, and the messages before the bad one stay
-        written (upserts are idempotent: resending the whole stream is safe).
+        Each message is validated whole as it arrives; consecutive messages may be written together in one
+        transaction. The reply comes after every message is durably written. On an error the call fails, and
+        the messages before the bad one stay written (upserts are idempotent: resending the stream is safe).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
