@@ -144,5 +144,8 @@ def wait_for_stop_signal() -> None:
     stop_requested = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop_requested.set())
-    stop_requested.wait()
+    # Python runs signal handlers in the main thread, but the kernel may deliver the signal to any of
+    # gRPC's threads, which does not wake a main thread blocked without a timeout: wake it regularly.
+    while not stop_requested.wait(0.2):
+        pass
     log.info("stop signal received: draining")
