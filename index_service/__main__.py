@@ -25,7 +25,8 @@ def parse_config(argv: list[str] | None = None) -> IndexConfig:
     add_option(parser, "--faiss-threads", f"{ENV}_FAISS_THREADS", 1,
                "OpenMP threads per FAISS search (concurrent calls each use this many)", type=positive_int)
     add_option(parser, "--snapshot-every", f"{ENV}_SNAPSHOT_EVERY", 100_000,
-               "changed items after which the in-memory index is snapshotted (restarts load the snapshot)",
+               "changed items after which the in-memory index is snapshotted, or a quarter of the index if more "
+               "(restarts load the snapshot and replay the rest)",
                type=positive_int)
     add_option(parser, "--max-storage-bytes", f"{ENV}_MAX_STORAGE_BYTES", None,
                "quota on the store's size: past it writes get RESOURCE_EXHAUSTED, searches go on (unset: the disk)",

@@ -267,7 +267,10 @@ class Collection:
 
     def _count_changes(self, n: int) -> None:
         self._changes_since_snapshot += n
-        if self._changes_since_snapshot >= self.snapshot_every:
+        # A snapshot rewrites the whole index, so they come further apart as it grows (after a quarter of
+        # it has changed): snapshot writing stays proportional to what is ingested, and a restart replays
+        # at most a quarter of the index from the store.
+        if self._changes_since_snapshot >= max(self.snapshot_every, self.count // 4):
             self._snapshot_wanted.set()
 
     def _snapshot_when_asked(self) -> None:
