@@ -40,9 +40,6 @@ class Batcher:
             self._changed.notify()
         return future
 
-    def queued(self) -> int:
-        return len(self._queue)
-
     def stop(self) -> None:
         """Finishes what is queued, then ends the thread."""
         with self._changed:

@@ -87,10 +87,11 @@ class Collection:
 
     # Loading.
 
-    def _vector_file(self) -> VectorFile | None:
-        """The exact vectors on disk, which only the approximate kinds need (to re-rank and scan exactly)."""
+    def _vector_file(self, dimension: int | None = None) -> VectorFile | None:
+        """The exact vectors on disk, which only the approximate kinds need (to re-rank and scan exactly).
+        `dimension` is the first write's, before the index has one of its own."""
         if KINDS[self.index_kind].approximate and self._vectors is None:
-            self._vectors = VectorFile(self.data_dir / "vectors.f32", self.dimension)
+            self._vectors = VectorFile(self.data_dir / "vectors.f32", dimension or self.dimension)
         return self._vectors
 
     def _new_structure(self):
@@ -171,9 +172,7 @@ class Collection:
         if not KINDS[self.index_kind].approximate:
             return
         try:
-            if self._vectors is None:  # the first write: the dimension is this write's
-                self._vectors = VectorFile(self.data_dir / "vectors.f32", dimension)
-            self._vectors.reserve(rows)
+            self._vector_file(dimension).reserve(rows)
         except OSError as err:
             raise StorageFull(f"no room for the vectors on the index's disk ({err.strerror}); nothing of this "
                               "write was kept, searches go on") from err
