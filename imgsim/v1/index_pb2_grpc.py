@@ -54,10 +54,45 @@ class IndexStub:
                 request_serializer=imgsim_dot_v1_dot_index__pb2.GetRequest.SerializeToString,
                 response_deserializer=imgsim_dot_v1_dot_index__pb2.GetResponse.FromString,
                 _registered_method=True)
+        self.Scroll = channel.unary_unary(
+                '/imgsim.v1.Index/Scroll',
+                request_serializer=imgsim_dot_v1_dot_index__pb2.ScrollRequest.SerializeToString,
+                response_deserializer=imgsim_dot_v1_dot_index__pb2.ScrollResponse.FromString,
+                _registered_method=True)
+        self.Count = channel.unary_unary(
+                '/imgsim.v1.Index/Count',
+                request_serializer=imgsim_dot_v1_dot_index__pb2.CountRequest.SerializeToString,
+                response_deserializer=imgsim_dot_v1_dot_index__pb2.CountResponse.FromString,
+                _registered_method=True)
         self.GetStats = channel.unary_unary(
                 '/imgsim.v1.Index/GetStats',
                 request_serializer=imgsim_dot_v1_dot_index__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=imgsim_dot_v1_dot_index__pb2.GetStatsResponse.FromString,
+                _registered_method=True)
+        self.CreateCollection = channel.unary_unary(
+                '/imgsim.v1.Index/CreateCollection',
+                request_serializer=imgsim_dot_v1_dot_index__pb2.CreateCollectionRequest.SerializeToString,
+                response_deserializer=imgsim_dot_v1_dot_index__pb2.CreateCollectionResponse.FromString,
+                _registered_method=True)
+        self.ListCollections = channel.unary_unary(
+                '/imgsim.v1.Index/ListCollections',
+                request_serializer=imgsim_dot_v1_dot_index__pb2.ListCollectionsRequest.SerializeToString,
+                response_deserializer=imgsim_dot_v1_dot_index__pb2.ListCollectionsResponse.FromString,
+                _registered_method=True)
+        self.DescribeCollection = channel.unary_unary(
+                '/imgsim.v1.Index/DescribeCollection',
+                request_serializer=imgsim_dot_v1_dot_index__pb2.DescribeCollectionRequest.SerializeToString,
+                response_deserializer=imgsim_dot_v1_dot_index__pb2.DescribeCollectionResponse.FromString,
+                _registered_method=True)
+        self.DropCollection = channel.unary_unary(
+                '/imgsim.v1.Index/DropCollection',
+                request_serializer=imgsim_dot_v1_dot_index__pb2.DropCollectionRequest.SerializeToString,
+                response_deserializer=imgsim_dot_v1_dot_index__pb2.DropCollectionResponse.FromString,
+                _registered_method=True)
+        self.Compact = channel.unary_unary(
+                '/imgsim.v1.Index/Compact',
+                request_serializer=imgsim_dot_v1_dot_index__pb2.CompactRequest.SerializeToString,
+                response_deserializer=imgsim_dot_v1_dot_index__pb2.CompactResponse.FromString,
                 _registered_method=True)
 
 
@@ -65,18 +100,26 @@ class IndexServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Upsert(self, request_iterator, context):
-        """Adds or replaces candidates. The client streams messages of many items each; an item whose id is
-        already held replaces it (vector and metadata); within one stream the last item of an id wins.
-        Each message is validated whole as it arrives; consecutive messages may be written together in one
-        transaction. The reply comes after every message is durably written. On an error the call fails, and
-        the messages before the bad one stay written (upserts are idempotent: resending the stream is safe).
+        """Adds or replaces candidates in one collection. The client streams messages of many items each.
+
+        A call is atomic: it is validated whole (every item of every message: dimension, model, finite values,
+        norm, id, metadata) and then committed in one durable transaction, or nothing of it is kept. An item
+        whose id is already held replaces it (vector and metadata); within one call the last item of an id wins.
+        No reader ever sees part of a call: searches, Get, Count and GetStats see all of it or none of it.
+        Limits: at most 4096 items per message, 16384 items and 64 MiB of vectors per call (split larger loads
+        into several calls; upserts are idempotent, so resending a call is safe).
+        The reply comes only after the commit. A call that fails, is cancelled, runs out of its deadline or is
+        cut by the server's shutdown before the commit point stored nothing; one the server acknowledged is
+        durable. (A failure in the instant between commit and reply cannot be told from "nothing stored" by the
+        client: resend; the result is the same.)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Delete(self, request, context):
-        """Removes candidates by id. Ids that are not held are counted, not refused.
+        """Removes candidates by id. Ids that are not held are counted, not refused. Atomic, like Upsert. Allowed
+        on a full disk (it frees space).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -96,8 +139,55 @@ class IndexServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Scroll(self, request, context):
+        """Pages through a collection in a stable order (by a hash of the id), optionally filtered, with a cursor.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Count(self, request, context):
+        """How many candidates match a filter (all of them without one).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetStats(self, request, context):
-        """What the index holds.
+        """What a collection holds (GetStats of the default collection when none is named).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateCollection(self, request, context):
+        """Collections: each has its own model fingerprint, dimension, index kind and parameters.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCollections(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DescribeCollection(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DropCollection(self, request, context):
+        """Removes a collection and deletes its data from disk. The default collection cannot be dropped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Compact(self, request, context):
+        """Reclaims the space of deleted and replaced items now, instead of waiting for the automatic threshold.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -126,10 +216,45 @@ def add_IndexServicer_to_server(servicer, server):
                     request_deserializer=imgsim_dot_v1_dot_index__pb2.GetRequest.FromString,
                     response_serializer=imgsim_dot_v1_dot_index__pb2.GetResponse.SerializeToString,
             ),
+            'Scroll': grpc.unary_unary_rpc_method_handler(
+                    servicer.Scroll,
+                    request_deserializer=imgsim_dot_v1_dot_index__pb2.ScrollRequest.FromString,
+                    response_serializer=imgsim_dot_v1_dot_index__pb2.ScrollResponse.SerializeToString,
+            ),
+            'Count': grpc.unary_unary_rpc_method_handler(
+                    servicer.Count,
+                    request_deserializer=imgsim_dot_v1_dot_index__pb2.CountRequest.FromString,
+                    response_serializer=imgsim_dot_v1_dot_index__pb2.CountResponse.SerializeToString,
+            ),
             'GetStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStats,
                     request_deserializer=imgsim_dot_v1_dot_index__pb2.GetStatsRequest.FromString,
                     response_serializer=imgsim_dot_v1_dot_index__pb2.GetStatsResponse.SerializeToString,
+            ),
+            'CreateCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCollection,
+                    request_deserializer=imgsim_dot_v1_dot_index__pb2.CreateCollectionRequest.FromString,
+                    response_serializer=imgsim_dot_v1_dot_index__pb2.CreateCollectionResponse.SerializeToString,
+            ),
+            'ListCollections': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCollections,
+                    request_deserializer=imgsim_dot_v1_dot_index__pb2.ListCollectionsRequest.FromString,
+                    response_serializer=imgsim_dot_v1_dot_index__pb2.ListCollectionsResponse.SerializeToString,
+            ),
+            'DescribeCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeCollection,
+                    request_deserializer=imgsim_dot_v1_dot_index__pb2.DescribeCollectionRequest.FromString,
+                    response_serializer=imgsim_dot_v1_dot_index__pb2.DescribeCollectionResponse.SerializeToString,
+            ),
+            'DropCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.DropCollection,
+                    request_deserializer=imgsim_dot_v1_dot_index__pb2.DropCollectionRequest.FromString,
+                    response_serializer=imgsim_dot_v1_dot_index__pb2.DropCollectionResponse.SerializeToString,
+            ),
+            'Compact': grpc.unary_unary_rpc_method_handler(
+                    servicer.Compact,
+                    request_deserializer=imgsim_dot_v1_dot_index__pb2.CompactRequest.FromString,
+                    response_serializer=imgsim_dot_v1_dot_index__pb2.CompactResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -251,6 +376,60 @@ class Index:
             _registered_method=True)
 
     @staticmethod
+    def Scroll(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imgsim.v1.Index/Scroll',
+            imgsim_dot_v1_dot_index__pb2.ScrollRequest.SerializeToString,
+            imgsim_dot_v1_dot_index__pb2.ScrollResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Count(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imgsim.v1.Index/Count',
+            imgsim_dot_v1_dot_index__pb2.CountRequest.SerializeToString,
+            imgsim_dot_v1_dot_index__pb2.CountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def GetStats(request,
             target,
             options=(),
@@ -267,6 +446,141 @@ class Index:
             '/imgsim.v1.Index/GetStats',
             imgsim_dot_v1_dot_index__pb2.GetStatsRequest.SerializeToString,
             imgsim_dot_v1_dot_index__pb2.GetStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imgsim.v1.Index/CreateCollection',
+            imgsim_dot_v1_dot_index__pb2.CreateCollectionRequest.SerializeToString,
+            imgsim_dot_v1_dot_index__pb2.CreateCollectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCollections(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imgsim.v1.Index/ListCollections',
+            imgsim_dot_v1_dot_index__pb2.ListCollectionsRequest.SerializeToString,
+            imgsim_dot_v1_dot_index__pb2.ListCollectionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imgsim.v1.Index/DescribeCollection',
+            imgsim_dot_v1_dot_index__pb2.DescribeCollectionRequest.SerializeToString,
+            imgsim_dot_v1_dot_index__pb2.DescribeCollectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DropCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imgsim.v1.Index/DropCollection',
+            imgsim_dot_v1_dot_index__pb2.DropCollectionRequest.SerializeToString,
+            imgsim_dot_v1_dot_index__pb2.DropCollectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Compact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imgsim.v1.Index/Compact',
+            imgsim_dot_v1_dot_index__pb2.CompactRequest.SerializeToString,
+            imgsim_dot_v1_dot_index__pb2.CompactResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,9 +7,10 @@ bojand/ghz#419). This answers a method symbol with the file that defines its ser
 
 import grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha._async import ReflectionServicer
 
 
-class MethodAwareReflectionServicer(reflection.ReflectionServicer):
+class MethodAwareReflectionServicer(ReflectionServicer):
     # Extends the library's per-request hook (the one place symbols are resolved) rather than copying its
     # request loop.
     def _file_containing_symbol(self, request, fully_qualified_name):
@@ -26,6 +27,6 @@ class MethodAwareReflectionServicer(reflection.ReflectionServicer):
         return super()._file_containing_symbol(request, service_name)
 
 
-def enable_reflection(service_names: tuple[str, ...], server: grpc.Server) -> None:
+def enable_reflection(service_names: tuple[str, ...], server: grpc.aio.Server) -> None:
     names = (*service_names, reflection.SERVICE_NAME)
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(MethodAwareReflectionServicer(names), server)
