@@ -1,109 +1,201 @@
-"""Translates between imgsim.v1.Index messages and the collection."""
+"""Translates between imgsim.v1.Index messages and the collections. Blocking work (validation, search,
+SQLite, files) runs in a bounded thread pool; the event loop only moves messages, so silent or slow
+streams cost a coroutine each and never starve other calls or health checks."""
 
-import threading
+import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 
-from imgsim.streams import with_idle_limit
-from imgsim.v1 import common_pb2, index_pb2, index_pb2_grpc
+import grpc
+
+from imgsim import vectors
+from imgsim.streams import idle_limited
+from imgsim.v1 import index_pb2, index_pb2_grpc
+from index_service import metadata as meta
 from index_service import validation
 from index_service.collection import Collection
-from index_service.errors import DeadlineExceeded, NotReady, abort_for
+from index_service.config import KINDS, MAX_DIMENSION
+from index_service.errors import InvalidArgument, NotReady, status_for
+from index_service.id_table import hash_cursor, parse_cursor
+from index_service.writes import WriteOp
 
 
-# Group commit: consecutive messages of one stream are written in one transaction (one fsync) up to this
-# many items, about 48 MiB of 768-d vectors. Nothing is acknowledged before the stream's reply anyway.
-GROUP_COMMIT_ITEMS = 16384
+def deadline_of(context) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None or remaining > 1e6 else time.monotonic() + remaining
 
 
-class UpsertBatch:
-    """Validated items of one Upsert stream waiting to be written together."""
+def item_message(item, with_vector: bool) -> index_pb2.Item:
+    message = index_pb2.Item(id=item.id)
+    if with_vector and item.vector is not None:
+        message.vector.CopyFrom(vectors.to_proto(item.vector))
+    meta.fill_proto(item.metadata, message.metadata, message.typed_metadata)
+    return message
 
-    def __init__(self, collection: Collection):
-        self.collection = collection
-        self.items: list = []
-        self.fingerprint = ""
-        self.written = 0
 
-    def add(self, fingerprint: str, items: list) -> None:
-        if self.items and fingerprint != self.fingerprint:
-            self.write()  # one transaction speaks for one model
-        self.fingerprint = fingerprint
-        self.items += items
-        if len(self.items) >= GROUP_COMMIT_ITEMS:
-            self.write()
+def collection_info(c: Collection) -> index_pb2.CollectionInfo:
+    return index_pb2.CollectionInfo(name=c.name, index_kind=c.kind, params=index_pb2.IndexParams(**c.params.as_dict()),
+                                    model_fingerprint=c.fingerprint, dimension=c.dimension, count=c.count)
 
-    def write(self) -> None:
-        if self.items:
-            items, self.items = self.items, []
-            self.collection.upsert(self.fingerprint, items)
-            self.written += len(items)
+
+def stats_message(c: Collection) -> index_pb2.GetStatsResponse:
+    s = c.stats()
+    return index_pb2.GetStatsResponse(
+        count=s.count, dimension=s.dimension, index_kind=s.kind, model_fingerprint=s.fingerprint, collection=s.name,
+        dead=s.dead, vector_bytes=s.vector_bytes, catalog_bytes=s.catalog_bytes, snapshot_bytes=s.snapshot_bytes,
+        last_seq=s.last_seq, snapshot_seq=s.snapshot_seq, trained=s.trained, damaged=s.damaged)
 
 
 class IndexServicer(index_pb2_grpc.IndexServicer):
-    def __init__(self, collection: Collection, search_seconds=None, stream_idle_s: float = 60.0):
-        self.collection = collection
+    def __init__(self, work: ThreadPoolExecutor, stream_idle_s: float = 60.0, search_seconds=None):
+        self.work = work
         self.stream_idle_s = stream_idle_s
         self.search_seconds = search_seconds  # a histogram labelled by kind and exactness, or None
-        self.ready = threading.Event()
+        self.registry = None  # set once the data directory is loaded
 
-    def _check_ready(self) -> None:
-        if not self.ready.is_set():
-            raise NotReady("the index is not ready: it is loading or the server is stopping")
-
-    def Upsert(self, request_iterator, context):
+    async def _run(self, context, function, *args):
+        """Runs blocking work in the pool; any error ends the call with its mapped status."""
         try:
-            self._check_ready()
-            batch = UpsertBatch(self.collection)
-            try:
-                for request in with_idle_limit(request_iterator, self.stream_idle_s):
-                    batch.add(request.model_fingerprint,
-                              validation.upsert_items(request, first_position=batch.written + len(batch.items)))
-            finally:
-                # Whatever was validated before an error is written: the messages before a bad one stay.
-                batch.write()
-            return index_pb2.UpsertResponse(upserted=batch.written, count=self.collection.count)
+            if self.registry is None:
+                raise NotReady("the index is not ready: it is loading its data")
+            return await asyncio.get_running_loop().run_in_executor(self.work, function, *args)
         except Exception as err:
-            abort_for(context, err)
+            code, message = status_for(err)
+            await context.abort(code, message)
 
-    def Delete(self, request, context):
+    def _collection(self, name: str) -> Collection:
+        return self.registry.get(name)
+
+    async def Upsert(self, request_iterator, context):
+        call = validation.UpsertCall()
         try:
-            self._check_ready()
-            ids = validation.request_ids(request, "delete", validation.MAX_DELETE_IDS)
-            deleted = self.collection.delete(ids)
-            return index_pb2.DeleteResponse(deleted=deleted, not_found=len(set(ids)) - deleted,
-                                            count=self.collection.count)
+            async for request in idle_limited(request_iterator, self.stream_idle_s):
+                await self._run(context, call.add, request)
         except Exception as err:
-            abort_for(context, err)
+            if isinstance(err, grpc.aio.AbortError):
+                raise
+            code, message = status_for(err)
+            await context.abort(code, message)
+        op = WriteOp(fingerprint=call.fingerprint, deadline=deadline_of(context))
 
-    def Search(self, request, context):
+        def prepare():
+            op.items = call.items()
+            return self._collection(call.collection).submit(op)
+
+        future = await self._run(context, prepare)
         try:
-            self._check_ready()
-            queries, conditions = validation.search_queries(request)
-            if context.time_remaining() is not None and context.time_remaining() <= 0:
-                raise DeadlineExceeded("the deadline passed before the search started; nothing was computed")
+            result = await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            op.abandoned.set()  # the caller is gone: if not committed yet, it never will be
+            raise
+        except Exception as err:
+            code, message = status_for(err)
+            await context.abort(code, message)
+        return index_pb2.UpsertResponse(upserted=result.inserted + result.replaced, count=result.count,
+                                        inserted=result.inserted, replaced=result.replaced)
+
+    async def Delete(self, request, context):
+        op = WriteOp(deadline=deadline_of(context))
+
+        def prepare():
+            op.delete_ids = validation.request_ids(request.ids, "delete", validation.MAX_DELETE_IDS)
+            return self._collection(request.collection).submit(op)
+
+        future = await self._run(context, prepare)
+        try:
+            result = await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            op.abandoned.set()
+            raise
+        except Exception as err:
+            code, message = status_for(err)
+            await context.abort(code, message)
+        return index_pb2.DeleteResponse(deleted=result.deleted, not_found=result.not_found, count=result.count)
+
+    async def Search(self, request, context):
+        def search():
+            queries = validation.search_queries(request)
+            where = validation.where_of(request.filter, request.where if request.HasField("where") else None)
+            collection = self._collection(request.collection)
             started = time.perf_counter()
-            found = self.collection.search(request.model_fingerprint, queries, request.k, conditions, request.exact)
+            found = collection.search(request.model_fingerprint, queries, request.k, where, request.exact)
             if self.search_seconds is not None:
-                self.search_seconds.labels(self.collection.index_kind, str(request.exact).lower()).observe(
+                self.search_seconds.labels(collection.kind, str(request.exact).lower()).observe(
                     time.perf_counter() - started)
-            return index_pb2.SearchResponse(results=[
-                index_pb2.QueryResult(hits=[index_pb2.Hit(id=h.id, score=h.score, metadata=h.metadata) for h in hits])
-                for hits in found
-            ])
-        except Exception as err:
-            abort_for(context, err)
+            response = index_pb2.SearchResponse()
+            for hits in found:
+                result = response.results.add()
+                for hit in hits:
+                    message = result.hits.add(id=hit.id, score=hit.score)
+                    meta.fill_proto(hit.metadata, message.metadata, message.typed_metadata)
+            return response
+        return await self._run(context, search)
 
-    def Get(self, request, context):
-        try:
-            self._check_ready()
-            stored = self.collection.get(validation.request_ids(request, "get", validation.MAX_GET_IDS))
-            return index_pb2.GetResponse(items=[
-                index_pb2.Item(id=item.id, vector=common_pb2.Vector(float32_le=item.vector), metadata=item.metadata)
-                for item in stored])
-        except Exception as err:
-            abort_for(context, err)
+    async def Get(self, request, context):
+        def get():
+            ids = validation.request_ids(request.ids, "get", validation.MAX_GET_IDS)
+            found, damaged = self._collection(request.collection).get(ids, request.omit_vectors)
+            return index_pb2.GetResponse(items=[item_message(item, not request.omit_vectors) for item in found],
+                                         damaged_ids=damaged)
+        return await self._run(context, get)
 
-    def GetStats(self, request, context):
-        return index_pb2.GetStatsResponse(count=self.collection.count, dimension=self.collection.dimension,
-                                          index_kind=self.collection.index_kind,
-                                          model_fingerprint=self.collection.fingerprint)
+    async def Scroll(self, request, context):
+        def scroll():
+            limit = validation.scroll_limit(request.limit)
+            try:
+                cursor = parse_cursor(request.cursor) if request.cursor else None
+            except ValueError:
+                raise InvalidArgument(f"cursor {request.cursor[:40]!r} is not one this service returned") from None
+            where = validation.where_of([], request.where if request.HasField("where") else None)
+            items, last = self._collection(request.collection).scroll(cursor, limit, where, request.with_vectors)
+            return index_pb2.ScrollResponse(items=[item_message(i, request.with_vectors) for i in items],
+                                            next_cursor=hash_cursor(*last) if last else "")
+        return await self._run(context, scroll)
+
+    async def Count(self, request, context):
+        def count():
+            where = validation.where_of([], request.where if request.HasField("where") else None)
+            return index_pb2.CountResponse(count=self._collection(request.collection).count_where(where))
+        return await self._run(context, count)
+
+    async def GetStats(self, request, context):
+        return await self._run(context, lambda: stats_message(self._collection(request.collection)))
+
+    async def CreateCollection(self, request, context):
+        def create():
+            dimension = request.dimension
+            if bool(request.model_fingerprint) != bool(dimension):
+                raise InvalidArgument("model_fingerprint and dimension are fixed together: give both or neither")
+            if dimension > MAX_DIMENSION:
+                raise InvalidArgument(f"dimension {dimension} is over the limit of {MAX_DIMENSION}")
+            kind = request.index_kind
+            if kind and kind not in KINDS:
+                raise InvalidArgument(f"index_kind must be flat, hnsw, ivfpq or lsh, got {kind!r}")
+            collection, created = self.registry.create(request.name, kind, validation.index_params(request.params),
+                                                       request.model_fingerprint, dimension, request.exist_ok)
+            return index_pb2.CreateCollectionResponse(collection=collection_info(collection), created=created)
+        return await self._run(context, create)
+
+    async def ListCollections(self, request, context):
+        def listing():
+            return index_pb2.ListCollectionsResponse(
+                collections=[collection_info(c) for _, c in sorted(self.registry.collections.items())])
+        return await self._run(context, listing)
+
+    async def DescribeCollection(self, request, context):
+        def describe():
+            collection = self._collection(request.name)
+            return index_pb2.DescribeCollectionResponse(collection=collection_info(collection),
+                                                        stats=stats_message(collection))
+        return await self._run(context, describe)
+
+    async def DropCollection(self, request, context):
+        return await self._run(context, lambda: index_pb2.DropCollectionResponse(
+            dropped=self.registry.drop(request.name, request.missing_ok)))
+
+    async def Compact(self, request, context):
+        def compact():
+            collection = self._collection(request.collection)
+            return index_pb2.CompactResponse(reclaimed=self.registry.maintenance[collection.name].compact())
+        return await self._run(context, compact)
+

@@ -1,47 +1,75 @@
-"""Snapshots of the in-memory index: written aside, fsynced, then renamed into place, so one is whole or absent."""
+"""Snapshots of a collection's in-memory search state, so a restart loads instead of rebuilding.
 
+Written aside, each file's size and BLAKE2b recorded in a manifest that carries its own checksum, fsynced,
+then renamed into place: a snapshot is whole or absent. Reading verifies every checksum first; a snapshot
+that fails is reported as damaged and the caller rebuilds from the store (and writes a fresh one at once).
+"""
+
+import hashlib
 import json
 import logging
 import os
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 log = logging.getLogger(__name__)
-CATALOG = "catalog.json"
+MANIFEST = "MANIFEST.json"
+FORMAT = 1
+HASH_CHUNK = 8 * 1024 * 1024
 
 
-def folder_for(root: Path, seq: int) -> Path:
-    return root / f"{seq:012d}"
+class SnapshotDamaged(Exception):
+    """A snapshot file is missing, truncated or altered."""
 
 
-def fsync_tree(folder: Path) -> None:
-    for path in folder.iterdir():
-        with path.open("rb") as file:
-            os.fsync(file.fileno())
-    fsync_dir(folder)
+def file_digest(path: Path) -> str:
+    digest = hashlib.blake2b(digest_size=32)
+    with path.open("rb") as file:
+        while chunk := file.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
-def fsync_dir(folder: Path) -> None:
-    handle = os.open(folder, os.O_RDONLY)
+def fsync_path(path: Path) -> None:
+    handle = os.open(path, os.O_RDONLY)
     try:
         os.fsync(handle)
     finally:
         os.close(handle)
 
 
-def write(root: Path, seq: int, save_structure, catalog: dict) -> Path:
-    """Writes snapshot `seq`: the structure (by `save_structure(folder)`) and the catalog of rows, ids, metadata."""
+def manifest_text(body: dict) -> str:
+    payload = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return json.dumps({"body": body, "blake2b": hashlib.blake2b(payload.encode(), digest_size=32).hexdigest()})
+
+
+def write(root: Path, seq: int, info: dict, arrays: dict[str, np.ndarray], blobs: dict[str, bytes]) -> Path:
+    """Writes snapshot `seq` under `root` and removes older ones; returns its folder."""
     root.mkdir(parents=True, exist_ok=True)
     staging = root / f"staging-{seq:012d}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    save_structure(staging)
-    with (staging / CATALOG).open("w") as file:
-        json.dump(catalog, file, separators=(",", ":"))
-    fsync_tree(staging)
-    final = folder_for(root, seq)
-    staging.rename(final)
-    fsync_dir(root)
+    try:
+        for name, array in arrays.items():
+            np.save(staging / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
+        for name, blob in blobs.items():
+            (staging / name).write_bytes(blob)
+        files = {}
+        for path in sorted(staging.iterdir()):
+            fsync_path(path)
+            files[path.name] = {"bytes": path.stat().st_size, "blake2b": file_digest(path)}
+        (staging / MANIFEST).write_text(manifest_text({"format": FORMAT, "seq": seq, "info": info, "files": files}))
+        fsync_path(staging / MANIFEST)
+        fsync_path(staging)
+        final = root / f"{seq:012d}"
+        shutil.rmtree(final, ignore_errors=True)
+        staging.rename(final)
+        fsync_path(root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     for older in root.iterdir():
         if older != final:
             shutil.rmtree(older, ignore_errors=True)
@@ -49,13 +77,41 @@ def write(root: Path, seq: int, save_structure, catalog: dict) -> Path:
 
 
 def newest(root: Path) -> tuple[int, Path] | None:
-    """The newest complete snapshot, as (seq, folder); staging leftovers of a crash are ignored."""
+    """The newest snapshot folder, as (seq, folder); staging leftovers of a crash are ignored."""
     if not root.is_dir():
         return None
     complete = sorted(p for p in root.iterdir() if p.is_dir() and p.name.isdigit())
     return (int(complete[-1].name), complete[-1]) if complete else None
 
 
-def read_catalog(folder: Path) -> dict:
-    with (folder / CATALOG).open() as file:
-        return json.load(file)
+def read(folder: Path) -> tuple[dict, dict[str, np.ndarray], dict[str, bytes]]:
+    """(info, arrays, blobs) of a snapshot, every checksum verified. Raises SnapshotDamaged."""
+    try:
+        wrapper = json.loads((folder / MANIFEST).read_text())
+        body = wrapper["body"]
+        payload = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        if hashlib.blake2b(payload.encode(), digest_size=32).hexdigest() != wrapper["blake2b"]:
+            raise SnapshotDamaged(f"{folder / MANIFEST} fails its checksum")
+        if body["format"] != FORMAT or int(folder.name) != body["seq"]:
+            raise SnapshotDamaged(f"{folder / MANIFEST} describes another snapshot")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise SnapshotDamaged(f"{folder / MANIFEST} is unreadable: {err}") from None
+    arrays, blobs = {}, {}
+    for name, expected in body["files"].items():
+        path = folder / name
+        try:
+            if path.stat().st_size != expected["bytes"] or file_digest(path) != expected["blake2b"]:
+                raise SnapshotDamaged(f"{path} fails its checksum")
+            if name.endswith(".npy"):
+                arrays[name[:-4]] = np.load(path, allow_pickle=False)
+            else:
+                blobs[name] = path.read_bytes()
+        except OSError as err:
+            raise SnapshotDamaged(f"{path} is unreadable: {err}") from None
+    return body["info"], arrays, blobs
+
+
+def disk_bytes(root: Path) -> int:
+    if not root.is_dir():
+        return 0
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())

@@ -1,120 +1,193 @@
-"""Checks request fields against the documented limits and turns them into plain data."""
+"""Checks request fields against the documented limits and turns them into plain data. Imports neither
+FAISS nor SQLite: what a request may carry is decided before any of the index is touched."""
 
 import numpy as np
 
-from imgsim import vectors
-from index_service.collection import NewItem
-from index_service.errors import DimensionMismatch, InvalidArgument
 from imgsim.v1 import index_pb2
+from index_service import filters as flt
+from index_service import metadata as meta
+from index_service.config import MAX_DIMENSION, PARAM_RANGES
+from index_service.errors import DimensionMismatch, InvalidArgument
+from index_service.id_table import id_hashes
+from index_service.exact import MAX_NORM, MIN_NORM, unit_rows
+from index_service.vector_file import crc32_rows
+from index_service.writes import Items
 
 MAX_ID_BYTES = 256
-MAX_METADATA_ENTRIES = 64
-MAX_METADATA_BYTES = 4096
 MAX_ITEMS_PER_MESSAGE = 4096
+MAX_ITEMS_PER_CALL = 16384
+MAX_VECTOR_BYTES_PER_CALL = 64 * 1024 * 1024
 MAX_DELETE_IDS = 65536
 MAX_GET_IDS = 4096
 MAX_QUERIES = 1024
 MAX_K = 1000
+MAX_SCROLL = 4096
+DEFAULT_SCROLL = 256
 
 
-def check_vector(message, label: str) -> np.ndarray:
-    try:
-        vector = vectors.from_proto(message)
-    except ValueError as err:
-        raise InvalidArgument(f"{label}: {err}") from None
-    if not np.all(np.isfinite(vector)):
-        raise InvalidArgument(f"{label}: vector holds NaN or Inf")
-    if not np.any(vector):
-        raise InvalidArgument(f"{label}: vector is all zeros, so its cosine to anything is undefined")
-    return vector
+def item_label(position: int, item_id: str) -> str:
+    return f"item {position}" + (f" (id {item_id[:64]!r})" if item_id else "")
 
 
 def check_id(item_id: str, label: str) -> None:
     if not item_id:
         raise InvalidArgument(f"{label}: id is empty")
-    if len(item_id.encode()) > MAX_ID_BYTES:
-        raise InvalidArgument(f"{label}: id is {len(item_id.encode())} bytes, over the limit of {MAX_ID_BYTES}")
+    size = len(item_id.encode())
+    if size > MAX_ID_BYTES:
+        raise InvalidArgument(f"{label}: id is {size} bytes, over the limit of {MAX_ID_BYTES}")
 
 
-def check_metadata(metadata: dict[str, str], label: str) -> dict[str, str]:
-    size = sum(len(k.encode()) + len(v.encode()) for k, v in metadata.items())
-    if len(metadata) > MAX_METADATA_ENTRIES or size > MAX_METADATA_BYTES:
-        raise InvalidArgument(f"{label}: metadata has {len(metadata)} entries and {size} bytes, over the limits of "
-                              f"{MAX_METADATA_ENTRIES} entries and {MAX_METADATA_BYTES} bytes")
-    return dict(metadata)
-
-
-def item_label(position: int, item) -> str:
-    return f"item {position}" + (f" (id {item.id[:64]!r})" if item.id else "")
-
-
-def upsert_items(request: index_pb2.UpsertRequest, first_position: int) -> list[NewItem]:
-    """The items of one Upsert message, all checked; positions count from the start of the stream."""
-    if not request.items:
-        raise InvalidArgument(f"upsert message at item {first_position} carries no items")
-    if len(request.items) > MAX_ITEMS_PER_MESSAGE:
-        raise InvalidArgument(f"{len(request.items)} items in one message, over the limit of {MAX_ITEMS_PER_MESSAGE}")
-    matrix = vectors_of(request.items, first_position)
-    items = []
-    for offset, (item, vector) in enumerate(zip(request.items, matrix)):
-        # Labels are built only for a suspect item: formatting thousands per message costs real time. An id
-        # of at most 64 characters is at most 256 bytes of UTF-8, so only longer ones need measuring.
-        if not item.id or len(item.id) > MAX_ID_BYTES // 4:
-            check_id(item.id, item_label(first_position + offset, item))
-        metadata = dict(item.metadata) if item.metadata else {}
-        if metadata:
-            check_metadata(metadata, item_label(first_position + offset, item))
-        items.append(NewItem(item.id, vector, metadata))
-    return items
-
-
-def vectors_of(items, first_position: int) -> np.ndarray:
-    """All the items' vectors as one matrix, checked in one pass; the first bad one is named."""
-    raw = [item.vector.float32_le for item in items]
-    if len({len(data) for data in raw}) == 1 and raw[0] and len(raw[0]) % 4 == 0:
+def matrix_of(vectors, labels) -> np.ndarray:
+    """Packed float32 vectors as one (n, d) matrix, every one checked: equal lengths, a whole number of
+    float32 values, at most MAX_DIMENSION, finite, and a float64 norm inside [MIN_NORM, MAX_NORM]."""
+    raw = [v.float32_le for v in vectors]
+    lengths = {len(data) for data in raw}
+    if len(lengths) == 1 and raw[0] and len(raw[0]) % 4 == 0 and len(raw[0]) // 4 <= MAX_DIMENSION:
         matrix = np.frombuffer(b"".join(raw), dtype="<f4").reshape(len(raw), -1)
-        if (np.isfinite(matrix).all(axis=1) & matrix.any(axis=1)).all():
+        with np.errstate(over="ignore", invalid="ignore"):
+            norms = np.linalg.norm(matrix.astype(np.float64), axis=1)
+        if np.all((norms >= MIN_NORM) & (norms <= MAX_NORM)):
             return matrix
-    # Something is wrong: check one by one, so the message names the first bad item and what is wrong.
-    checked = []
-    for offset, item in enumerate(items):
-        label = item_label(first_position + offset, item)
-        vector = check_vector(item.vector, label)
-        if checked and len(vector) != len(checked[0]):
-            raise DimensionMismatch(f"{label}: dimension {len(vector)} differs from the message's first item "
-                                    f"({len(checked[0])})")
-        checked.append(vector)
-    return np.stack(checked)
+    for position, data in enumerate(raw):  # something is wrong: name the first bad vector and what is wrong
+        label = labels(position)
+        if not data:
+            raise InvalidArgument(f"{label}: vector is empty")
+        if len(data) % 4:
+            raise InvalidArgument(f"{label}: vector has {len(data)} bytes, not a multiple of 4 (packed float32)")
+        if len(data) // 4 > MAX_DIMENSION:
+            raise InvalidArgument(f"{label}: dimension {len(data) // 4} is over the limit of {MAX_DIMENSION}")
+        if len(data) != len(raw[0]):
+            raise DimensionMismatch(f"{label}: dimension {len(data) // 4} differs from the first one "
+                                    f"({len(raw[0]) // 4})")
+        vector = np.frombuffer(data, dtype="<f4")
+        if not np.all(np.isfinite(vector)):
+            raise InvalidArgument(f"{label}: vector holds NaN or Inf")
+        norm = float(np.linalg.norm(vector.astype(np.float64)))
+        if norm == 0:
+            raise InvalidArgument(f"{label}: vector is all zeros, so its cosine to anything is undefined")
+        if not MIN_NORM <= norm <= MAX_NORM:
+            raise InvalidArgument(f"{label}: vector norm {norm:.3g} is outside [{MIN_NORM:g}, {MAX_NORM:g}]: "
+                                  "scale it (cosine ignores the length)")
+    raise AssertionError("unreachable: a bad vector was not found")
 
 
-def request_ids(request, verb: str, limit: int) -> list[str]:
+class UpsertCall:
+    """The validated items of an Upsert call so far; `items()` gives them ready to commit."""
+
+    def __init__(self):
+        self.fingerprint = ""
+        self.collection = None
+        self.ids: list[str] = []
+        self.matrices: list[np.ndarray] = []
+        self.metadata: list[dict] = []
+        self.messages = 0
+        self.vector_bytes = 0
+
+    def add(self, request: index_pb2.UpsertRequest) -> None:
+        where = f"upsert message {self.messages}"
+        if self.messages == 0:
+            if not request.model_fingerprint:
+                raise InvalidArgument(f"{where}: model_fingerprint is empty: pass the fingerprint the embedder "
+                                      "returned")
+            self.fingerprint, self.collection = request.model_fingerprint, request.collection
+        elif request.model_fingerprint and request.model_fingerprint != self.fingerprint:
+            raise InvalidArgument(f"{where}: model_fingerprint {request.model_fingerprint} differs from the call's "
+                                  f"first message ({self.fingerprint}): one call writes one model's vectors")
+        elif request.collection and request.collection != self.collection:
+            raise InvalidArgument(f"{where}: collection {request.collection!r} differs from the call's first message "
+                                  f"({self.collection!r}): one call writes one collection")
+        items = request.items
+        if not items:
+            raise InvalidArgument(f"{where} carries no items")
+        if len(items) > MAX_ITEMS_PER_MESSAGE:
+            raise InvalidArgument(f"{where}: {len(items)} items, over the limit of {MAX_ITEMS_PER_MESSAGE} per message")
+        first = len(self.ids)
+        if first + len(items) > MAX_ITEMS_PER_CALL:
+            raise InvalidArgument(f"the call carries more than {MAX_ITEMS_PER_CALL} items; split it into several "
+                                  "calls (each is atomic)")
+
+        def label(offset: int) -> str:
+            return f"{where}, {item_label(first + offset, items[offset].id)}"
+
+        matrix = matrix_of([item.vector for item in items], label)
+        if self.matrices and matrix.shape[1] != self.matrices[0].shape[1]:
+            raise DimensionMismatch(f"{label(0)}: dimension {matrix.shape[1]} differs from the call's first items "
+                                    f"({self.matrices[0].shape[1]})")
+        self.vector_bytes += matrix.nbytes
+        if self.vector_bytes > MAX_VECTOR_BYTES_PER_CALL:
+            raise InvalidArgument(f"the call carries more than {MAX_VECTOR_BYTES_PER_CALL} bytes of vectors; split it "
+                                  "into several calls (each is atomic)")
+        for offset, item in enumerate(items):
+            # Labels are built only for suspect items: formatting thousands per message costs real time. An id of
+            # at most 64 characters is at most 256 bytes of UTF-8, so only longer ones need measuring.
+            if not item.id or len(item.id) > MAX_ID_BYTES // 4:
+                check_id(item.id, label(offset))
+            try:
+                self.metadata.append(meta.from_item(item, label(offset)))
+            except meta.BadMetadata as err:
+                raise InvalidArgument(str(err)) from None
+        self.ids += [item.id for item in items]
+        self.matrices.append(matrix)
+        self.messages += 1
+
+    def items(self) -> Items:
+        if not self.ids:
+            raise InvalidArgument("the call carries no items")
+        latest = {item_id: position for position, item_id in enumerate(self.ids)}  # the last of an id wins
+        keep = np.fromiter(latest.values(), dtype=np.int64, count=len(latest))
+        raw = np.concatenate(self.matrices)[keep] if len(keep) < len(self.ids) else np.concatenate(self.matrices)
+        ids = list(latest)
+        high, low = id_hashes(ids)
+        return Items(ids, np.ascontiguousarray(raw, dtype=np.float32), unit_rows(raw), high, low,
+                     [self.metadata[p] for p in keep.tolist()], crc32_rows(raw))
+
+
+def request_ids(ids, verb: str, limit: int) -> list[str]:
     """The ids of a Delete or Get request, checked."""
-    if not request.ids:
+    if not ids:
         raise InvalidArgument(f"no ids to {verb}")
-    if len(request.ids) > limit:
-        raise InvalidArgument(f"{len(request.ids)} ids in one call, over the limit of {limit}")
-    for position, item_id in enumerate(request.ids):
-        check_id(item_id, f"id {position}")
-    return list(request.ids)
+    if len(ids) > limit:
+        raise InvalidArgument(f"{len(ids)} ids in one call, over the limit of {limit}")
+    for position, item_id in enumerate(ids):
+        if not item_id or len(item_id) > MAX_ID_BYTES // 4:
+            check_id(item_id, f"id {position}")
+    return list(ids)
 
 
-def search_queries(request: index_pb2.SearchRequest) -> tuple[np.ndarray, list[tuple[str, list[str]]]]:
-    """The queries as one float32 matrix, and the filter as (key, accepted values) pairs."""
+def where_of(legacy, where: index_pb2.Filter | None) -> flt.Filter | None:
+    """The request's filter: the deprecated string conditions and `where`, combined by AND."""
+    try:
+        parts = flt.from_legacy(legacy)
+        if where is not None and where.WhichOneof("kind") is not None:
+            parts.append(flt.from_proto(where))
+    except flt.BadFilter as err:
+        raise InvalidArgument(str(err)) from None
+    return flt.combined(parts)
+
+
+def search_queries(request: index_pb2.SearchRequest) -> np.ndarray:
     if not 1 <= request.k <= MAX_K:
         raise InvalidArgument(f"k must be between 1 and {MAX_K}, got {request.k}")
     if not request.queries:
         raise InvalidArgument("no query vectors in the request")
     if len(request.queries) > MAX_QUERIES:
         raise InvalidArgument(f"{len(request.queries)} queries in one call, over the limit of {MAX_QUERIES}")
-    queries = [check_vector(q, f"query {i}") for i, q in enumerate(request.queries)]
-    for i, query in enumerate(queries):
-        if len(query) != len(queries[0]):
-            raise DimensionMismatch(f"query {i}: dimension {len(query)} differs from query 0 ({len(queries[0])})")
-    conditions = []
-    for i, condition in enumerate(request.filter):
-        if not condition.key:
-            raise InvalidArgument(f"filter condition {i}: key is empty")
-        if not condition.any_of:
-            raise InvalidArgument(f"filter condition {i} (key {condition.key!r}): any_of is empty, so nothing matches")
-        conditions.append((condition.key, list(condition.any_of)))
-    return np.stack(queries), conditions
+    if not request.model_fingerprint:
+        raise InvalidArgument("model_fingerprint is empty: pass the fingerprint the embedder returned")
+    return matrix_of(request.queries, lambda position: f"query {position}")
+
+
+def scroll_limit(limit: int) -> int:
+    if limit > MAX_SCROLL:
+        raise InvalidArgument(f"limit {limit} is over the limit of {MAX_SCROLL} items per page")
+    return limit or DEFAULT_SCROLL
+
+
+def index_params(message: index_pb2.IndexParams) -> dict[str, int]:
+    """The parameters a CreateCollection request sets (the others take the server's defaults)."""
+    values = {name: getattr(message, name) for name in PARAM_RANGES if message.HasField(name)}
+    for name, value in values.items():
+        low, high, kinds, _ = PARAM_RANGES[name]
+        if not low <= value <= high:
+            raise InvalidArgument(f"params.{name} must be from {low} to {high} ({kinds}), got {value}")
+    return values

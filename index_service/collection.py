@@ -1,0 +1,565 @@
+"""A collection: its catalog, vector file, id table and search structure, and the paths that change and read
+them. The write invariants live here, at the layer that commits: every item of a write is checked before
+anything is durable, a write commits whole or not at all, and readers see all of it or none of it.
+
+Writes run on the collection's writer thread under `write_mutex` (one writer at a time): vectors into free
+rows of the vector file (fdatasync), then the catalog (one SQLite transaction, fsync); only then is the
+write staged into the search structure and published under the exclusive lock in one short step. Searches
+hold the shared lock, so they never wait for a commit, a snapshot being written or a training run.
+"""
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from index_service import filters as flt
+from index_service import snapshot
+from index_service.catalog import Catalog, NewRecord
+from index_service.config import KindParams, params_from_dict
+from index_service.errors import (Cancelled, DeadlineExceeded, DimensionMismatch, IndexServiceError,
+                                  InvalidArgument, ModelMismatch, StorageFull)
+from index_service.id_table import IdTable, id_hashes
+from index_service.kinds import STRUCTURES, Structure
+from index_service.exact import empty_result, merge, search_matrix, unit_rows
+from index_service.kinds.ivfpq import exact_from_file
+from index_service.loading import load_memory
+from index_service.locks import ReadWriteLock
+from index_service.rows import RowAllocator
+from index_service.vector_file import VectorFile, crc32_rows
+from index_service.writes import WriteOp, Writer
+
+log = logging.getLogger(__name__)
+# A filter this selective is answered by an exact scan of the rows it allows, even on approximate kinds:
+# cheaper than steering a graph or inverted lists around most of the collection, and exact.
+EXACT_SCAN_BELOW = 20000
+EXACT_GATHER_ROWS = 65536
+CATALOG_FILE = "catalog.sqlite3"
+VECTOR_FILE = "vectors.f32"
+SNAPSHOTS = "snapshots"
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    metadata: dict
+
+
+@dataclass(frozen=True)
+class StoredItem:
+    id: str
+    vector: np.ndarray | None
+    metadata: dict
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    inserted: int = 0
+    replaced: int = 0
+    deleted: int = 0
+    not_found: int = 0
+    count: int = 0
+
+
+@dataclass(frozen=True)
+class Stats:
+    name: str
+    kind: str
+    params: KindParams
+    fingerprint: str
+    dimension: int
+    count: int
+    dead: int
+    vector_bytes: int
+    catalog_bytes: int
+    snapshot_bytes: int
+    last_seq: int
+    snapshot_seq: int
+    trained: bool
+    damaged: int
+
+
+class Collection:
+    def __init__(self, folder: Path, snapshot_every: int = 100_000, storage=None):
+        self.folder = folder
+        self.catalog = Catalog(folder / CATALOG_FILE)
+        settings = self.catalog.settings
+        self.name = settings["name"]
+        self.kind = settings["kind"]
+        self.params = params_from_dict(json.loads(settings["params"]))
+        self.fingerprint = settings.get("fingerprint", "")
+        self.dimension = int(settings.get("dimension", 0))
+        self.snapshot_every = snapshot_every
+        self.storage = storage  # the data directory's space budget (quota and the disk's reserve)
+        self.lock = ReadWriteLock()
+        self.write_mutex = threading.RLock()
+        self.vectors: VectorFile | None = None
+        self.structure: Structure | None = None
+        self.ids = IdTable()
+        self.rows = RowAllocator()
+        self.damaged: set[int] = set()
+        self.snapshot_seq = 0
+        self.last_snapshot_unix = 0.0
+        self.changes_since_snapshot = 0
+        self.generation = 0  # bumped at every publish: what caches of the live state key on
+        self._live_rows = None
+        self._filter_cache: dict = {}
+        self.training = None  # ivfpq: the background training run's change log, while one runs
+        self.scrub_needed = False  # rows loaded from a snapshot whose vectors were not read yet
+        self.closed = False
+        self.writer: Writer | None = None
+
+    # Opening and closing.
+
+    def load(self, stopping: threading.Event | None = None) -> None:
+        started = time.monotonic()
+        if self.dimension:
+            self._open_vectors(self.dimension)
+            load_memory(self, stopping)
+        self.writer = Writer(self.name, self._apply)
+        log.info("collection %r: %d items (%s, dimension %d) loaded in %.2f s", self.name, self.count, self.kind,
+                 self.dimension, time.monotonic() - started)
+
+    def _open_vectors(self, dimension: int) -> None:
+        path = self.folder / VECTOR_FILE
+        if not self.fingerprint and path.exists():
+            path.unlink()  # left by a first write that never committed: it holds nothing
+        self.vectors = VectorFile(path, dimension, create=True)
+        self.structure = STRUCTURES[self.kind](dimension, self.params, self.vectors)
+
+    def close(self) -> None:
+        """Finishes the write in progress, refuses queued ones, snapshots what changed, closes the files."""
+        if self.closed:
+            return
+        if self.writer is not None:
+            self.writer.close()
+        with self.write_mutex:
+            self.closed = True
+        if self.changes_since_snapshot and self.structure is not None:
+            try:
+                self.take_snapshot()
+            except Exception:  # the store holds everything; the next start replays it
+                log.exception("collection %r: closing snapshot failed", self.name)
+        self.catalog.close()
+        if self.vectors is not None:
+            self.vectors.close()
+
+    # The model.
+
+    @property
+    def count(self) -> int:
+        return self.ids.count
+
+    def check_model(self, fingerprint: str, dimension: int) -> None:
+        if not fingerprint:
+            raise InvalidArgument("model_fingerprint is empty: pass the fingerprint the embedder returned")
+        if self.fingerprint and fingerprint != self.fingerprint:
+            raise ModelMismatch(
+                f"collection {self.name!r} holds vectors of model {self.fingerprint}, not of {fingerprint}: mixing "
+                "embedding spaces would give meaningless scores; re-embed with its model or use another collection")
+        if self.dimension and dimension != self.dimension:
+            raise DimensionMismatch(f"vectors have dimension {dimension}, collection {self.name!r} holds dimension "
+                                    f"{self.dimension}")
+
+    # Writing: the writer thread.
+
+    def submit(self, op: WriteOp):
+        if self.writer is None or self.closed:
+            raise Cancelled(f"collection {self.name!r} is closing; nothing of this write was kept")
+        return self.writer.submit(op)
+
+    def _apply(self, ops: list[WriteOp]) -> None:
+        with self.write_mutex:
+            ops = self._admissible(ops)
+            if not ops:
+                return
+            try:
+                plan = self._plan(ops)
+            except IndexServiceError as err:
+                for op in ops:
+                    op.future.set_exception(err)
+                return
+            try:
+                self._commit(plan)
+            except BaseException as err:
+                self.rows.give_back(plan.new_rows)
+                for op in plan.ops:
+                    op.future.set_exception(err)
+                if not isinstance(err, IndexServiceError):
+                    raise
+                return
+            self._publish(plan)
+
+    def _admissible(self, ops: list[WriteOp]) -> list[WriteOp]:
+        """Drops ops whose caller is gone or out of time, and upserts of another model (a group's first
+        upsert may fix the model of a new collection; the others must agree with it)."""
+        kept, fingerprint, dimension = [], self.fingerprint, self.dimension
+        for op in ops:
+            if op.abandoned.is_set():
+                op.future.set_exception(Cancelled("the call ended before its write committed; nothing was kept"))
+                continue
+            if op.deadline is not None and time.monotonic() > op.deadline:
+                op.future.set_exception(DeadlineExceeded("the deadline passed before the write committed; nothing "
+                                                         "was kept"))
+                continue
+            if op.items is not None:
+                try:
+                    saved = (self.fingerprint, self.dimension)
+                    self.fingerprint, self.dimension = fingerprint, dimension
+                    self.check_model(op.fingerprint, op.items.raw.shape[1])
+                except IndexServiceError as err:
+                    op.future.set_exception(err)
+                    continue
+                finally:
+                    self.fingerprint, self.dimension = saved
+                fingerprint, dimension = op.fingerprint, op.items.raw.shape[1]
+            kept.append(op)
+        return kept
+
+    def _plan(self, ops: list[WriteOp]) -> "Plan":
+        plan = Plan()
+        for op in ops:
+            if op.items is not None:
+                old = self.ids.lookup(op.items.high, op.items.low)
+                plan.add_upsert(op, old)
+            else:
+                unique = list(dict.fromkeys(op.delete_ids))
+                high, low = id_hashes(unique)
+                plan.add_delete(op, unique, high, low, self.ids.lookup(high, low))
+        ended = plan.ended_rows()
+        records, _ = self.catalog.records(ended) if len(ended) else ({}, [])
+        plan.check_ended(records)
+        if plan.new_count:
+            if not self.fingerprint:
+                first = next(op for op in plan.ops if op.items is not None)
+                plan.fixes_model = (first.fingerprint, first.items.raw.shape[1])
+                if self.vectors is None or self.vectors.dimension != plan.fixes_model[1]:
+                    self._open_vectors(plan.fixes_model[1])
+            if self.storage is not None:
+                self.storage.check(plan.new_count * (self.vectors.row_bytes + 256))
+            plan.new_rows = self.rows.take(plan.new_count)
+        return plan
+
+    def _commit(self, plan: "Plan") -> None:
+        seq = self.catalog.seq + 1
+        settings = None
+        if plan.new_count:
+            try:
+                self.vectors.reserve(int(plan.new_rows.max()) + 1)
+                self.vectors.write(plan.new_rows, plan.raw())
+            except OSError as err:
+                raise StorageFull(f"no room for the vectors on the index's disk ({err.strerror}); nothing of "
+                                  "this write was kept, searches go on") from None
+            if plan.fixes_model:
+                settings = {"fingerprint": plan.fixes_model[0], "dimension": str(plan.fixes_model[1])}
+        if self.vectors is not None:
+            self.vectors.sync(seq)
+        records = [NewRecord(int(row), item_id, metadata, int(crc)) for row, item_id, metadata, crc in
+                   zip(plan.new_rows, plan.new_ids(), plan.new_metadata(), plan.new_crcs())]
+        ended = [(int(row), plan.ended_metadata.get(int(row), {})) for row in plan.ended_rows()]
+        try:
+            self.catalog.commit(seq, records, ended, settings)
+        except StorageFull:
+            if plan.new_count or self.storage is None or not self.storage.free_reserve():
+                raise
+            self.catalog.commit(seq, records, ended, settings)  # a delete frees space: it may use the reserve
+        if plan.fixes_model:
+            self.fingerprint, self.dimension = plan.fixes_model
+
+    def _publish(self, plan: "Plan") -> None:
+        """After the commit: stage the new rows, then make the whole write visible at once."""
+        ended = plan.ended_rows()
+        if self.structure is None:  # deletes in a collection never written: nothing to do
+            return self._settle(plan)
+        staged = self.structure.stage(plan.new_rows, plan.unit(), self.lock.exclusive) if plan.new_count \
+            else (np.zeros(0, np.int64), None)
+        with self.lock.exclusive():
+            self.structure.publish(staged, ended)
+            if plan.new_count:
+                self.ids.put(plan.new_high(), plan.new_low(), plan.new_rows)
+            high, low = plan.deleted_hashes()
+            if len(high):
+                self.ids.remove(high, low)
+            self.damaged -= set(ended.tolist())
+            if self.training is not None:
+                self.training.changed(plan.new_rows, ended)
+            self.generation += 1
+            self._live_rows = None
+        if not self.structure.keeps_ended():
+            self.rows.give_back(ended)
+        self.changes_since_snapshot += plan.new_count + len(ended)
+        self._settle(plan)
+
+    def _settle(self, plan: "Plan") -> None:
+        for op, result in plan.results(self.count):
+            op.future.set_result(result)
+
+    # Reading.
+
+    def live_rows(self) -> np.ndarray:
+        """Sorted rows of the live, undamaged items (the caller holds the shared lock)."""
+        if self._live_rows is None:
+            rows = np.sort(self.ids.entries()[2])
+            if self.damaged:
+                rows = np.setdiff1d(rows, np.fromiter(self.damaged, np.int64), assume_unique=True)
+            self._live_rows = rows
+        return self._live_rows
+
+    def allowed_rows(self, where: flt.Filter) -> np.ndarray:
+        """Sorted live rows passing a filter (the caller holds the shared lock)."""
+        unknown = sorted(flt.keys(where) - set(self.catalog.key_counts))
+        if unknown:
+            held = ", ".join(sorted(self.catalog.key_counts)[:20]) or "none"
+            raise InvalidArgument(f"filter key {unknown[0]!r} is held by no item of collection {self.name!r} "
+                                  f"(keys held: {held})")
+        key = (self.generation, where)
+        if key not in self._filter_cache:
+            if len(self._filter_cache) > 16:
+                self._filter_cache.clear()
+            self._filter_cache[key] = np.intersect1d(self._evaluate(where), self.live_rows(), assume_unique=True)
+        return self._filter_cache[key]
+
+    def _evaluate(self, node: flt.Filter) -> np.ndarray:
+        if isinstance(node, (flt.Equals, flt.InRange)):
+            return self.catalog.rows_where(node)
+        if isinstance(node, flt.Not):
+            return np.setdiff1d(self.live_rows(), self._evaluate(node.part), assume_unique=True)
+        parts = [self._evaluate(part) for part in node.parts]
+        combine = np.intersect1d if isinstance(node, flt.All) else np.union1d
+        result = parts[0]
+        for part in parts[1:]:
+            result = combine(result, part)
+        return result
+
+    def search(self, fingerprint: str, queries: np.ndarray, k: int, where: flt.Filter | None,
+               exact: bool = False) -> list[list[Hit]]:
+        unit = unit_rows(queries)
+        with self.lock.shared():
+            self.check_model(fingerprint, queries.shape[1])
+            if self.count == 0 or self.structure is None:
+                return [[] for _ in queries]
+            allowed = self.allowed_rows(where) if where is not None else None
+            if allowed is not None and not len(allowed):
+                return [[] for _ in queries]
+            if self.damaged and allowed is None:
+                allowed = self.live_rows()
+            approximate = self.structure.approximate
+            if exact and approximate or (approximate and allowed is not None and len(allowed) < EXACT_SCAN_BELOW):
+                scores, rows = self._exact(unit, allowed if allowed is not None else self.live_rows(), k)
+            else:
+                scores, rows = self.structure.search(unit, k, allowed)
+            return self._hits(np.clip(scores, -1.0, 1.0), rows)
+
+    def _exact(self, unit: np.ndarray, rows: np.ndarray, k: int):
+        if self.structure.unit_vectors(rows[:0]) is None:
+            return exact_from_file(self.vectors, rows, unit, k)
+        best = empty_result(len(unit), k)
+        for start in range(0, len(rows), EXACT_GATHER_ROWS):
+            part = rows[start:start + EXACT_GATHER_ROWS]
+            best = merge(best, search_matrix(unit, self.structure.unit_vectors(part), part, k), k)
+        return best
+
+    def _hits(self, scores: np.ndarray, rows: np.ndarray) -> list[list[Hit]]:
+        wanted = np.unique(rows[rows >= 0])
+        records, damaged = self.catalog.records(wanted)
+        if damaged:
+            self.quarantine(damaged)
+        return [[Hit(records[row].id, float(score), records[row].metadata)
+                 for score, row in zip(query_scores, query_rows) if row >= 0 and row in records]
+                for query_scores, query_rows in zip(scores.tolist(), rows.tolist())]
+
+    def quarantine(self, rows) -> None:
+        """Rows whose stored bytes fail their checksum: never served again until rewritten."""
+        fresh = set(int(r) for r in rows) - self.damaged
+        if fresh:
+            log.error("collection %r: %d stored item(s) fail their checksum (rows %s...): they are left out of "
+                      "searches and Get reports them damaged; write them again to repair them", self.name,
+                      len(fresh), sorted(fresh)[:5])
+            self.damaged |= fresh
+            self._live_rows = None
+            self.generation += 1
+
+    def get(self, item_ids: list[str], omit_vectors: bool = False) -> tuple[list[StoredItem], list[str]]:
+        """The stored items of the ids held, and the ids held whose record or vector is damaged."""
+        unique = list(dict.fromkeys(item_ids))
+        high, low = id_hashes(unique)
+        with self.lock.shared():
+            rows = self.ids.lookup(high, low)
+            held = [(item_id, int(row)) for item_id, row in zip(unique, rows) if row >= 0]
+            records, damaged_rows = self.catalog.records([row for _, row in held])
+            bad = set(damaged_rows) | self.damaged
+            if not omit_vectors and held:
+                good_rows = np.asarray([row for _, row in held if row in records and row not in bad], np.int64)
+                raw = self.vectors.read(good_rows)
+                crcs = crc32_rows(raw)
+                vectors_of = {}
+                for row, vector, crc in zip(good_rows.tolist(), raw, crcs.tolist()):
+                    if crc != records[row].vector_crc:
+                        bad.add(row)
+                    else:
+                        vectors_of[row] = vector
+        if bad - self.damaged:
+            self.quarantine(bad - self.damaged)
+        found, damaged_ids = [], []
+        for item_id, row in held:
+            record = records.get(row)
+            if row in bad or record is None or record.id != item_id:
+                damaged_ids.append(item_id)
+            else:
+                found.append(StoredItem(item_id, None if omit_vectors else vectors_of[row], record.metadata))
+        return found, damaged_ids
+
+    def scroll(self, cursor: tuple[int, int] | None, limit: int, where: flt.Filter | None,
+               with_vectors: bool) -> tuple[list[StoredItem], tuple[int, int] | None]:
+        """The next `limit` items in the order of their id hash after `cursor`; the cursor of the last one
+        returned (None at the end)."""
+        with self.lock.shared():
+            high, low, rows = self.ids.entries()
+            keep = ~np.isin(rows, np.fromiter(self.damaged, np.int64)) if self.damaged else np.ones(len(rows), bool)
+            if where is not None:
+                keep &= np.isin(rows, self.allowed_rows(where))
+            if cursor is not None:
+                after_high, after_low = np.uint64(cursor[0]), np.uint64(cursor[1])
+                keep &= (high > after_high) | ((high == after_high) & (low > after_low))
+            high, low, rows = high[keep], low[keep], rows[keep]
+            if len(high) > limit:
+                cut = np.partition(high, limit - 1)[limit - 1]
+                pick = high <= cut
+                high, low, rows = high[pick], low[pick], rows[pick]
+            order = np.lexsort((low, high))[:limit]
+            high, low, rows = high[order], low[order], rows[order]
+            records, damaged = self.catalog.records(rows)
+            raw = self.vectors.read(rows) if with_vectors and len(rows) else None
+        items = []
+        for i, row in enumerate(rows.tolist()):
+            if row in records:
+                items.append(StoredItem(records[row].id, raw[i] if raw is not None else None, records[row].metadata))
+        last = (int(high[-1]), int(low[-1])) if len(rows) == limit else None
+        return items, last
+
+    def count_where(self, where: flt.Filter | None) -> int:
+        with self.lock.shared():
+            return self.count if where is None else len(self.allowed_rows(where))
+
+    def stats(self) -> Stats:
+        with self.lock.shared():
+            trained = bool(getattr(self.structure, "trained", False))
+            held = len(self.structure.held_rows()) if self.structure is not None else 0
+            return Stats(self.name, self.kind, self.params, self.fingerprint, self.dimension, self.count,
+                         self.rows.unused() + held, self.vectors.disk_bytes if self.vectors else 0,
+                         self.catalog.disk_bytes, snapshot.disk_bytes(self.folder / SNAPSHOTS), self.catalog.seq,
+                         self.snapshot_seq, trained, len(self.damaged))
+
+    # Snapshots.
+
+    def take_snapshot(self, force: bool = False) -> bool:
+        """Writes the in-memory state aside so a restart loads it. Writers wait only for the copy. `force`:
+        even when no write came since the last one (the structure changed by itself: compaction)."""
+        with self.write_mutex:
+            if self.structure is None or (self.catalog.seq == self.snapshot_seq and not force):
+                return False
+            seq = self.catalog.seq
+            if not self.structure.snapshots_state:  # rebuilt from the vector file at every start
+                self.snapshot_seq, self.changes_since_snapshot = seq, 0
+                self.rows.snapshot_taken()
+                return False
+            with self.lock.shared():
+                arrays, blobs, info = self.structure.state()
+                for name, array in self.ids.state().items():
+                    arrays[f"ids_{name}"] = array.copy()
+                arrays["damaged"] = np.fromiter(sorted(self.damaged), np.int64)
+            released = self.rows.awaiting_snapshot.copy()
+            changes = self.changes_since_snapshot
+        started = time.monotonic()
+        info.update(kind=self.kind, dimension=self.dimension, fingerprint=self.fingerprint, count=len(arrays))
+        snapshot.write(self.folder / SNAPSHOTS, seq, info, arrays, blobs)
+        with self.write_mutex:
+            self.snapshot_seq, self.last_snapshot_unix = seq, time.time()
+            self.changes_since_snapshot -= changes
+            self.rows.give_back(released)
+            self.rows.awaiting_snapshot = np.setdiff1d(self.rows.awaiting_snapshot, released)
+        log.info("collection %r: snapshot %d written in %.2f s", self.name, seq, time.monotonic() - started)
+        return True
+
+
+class Plan:
+    """What a group of writes does: rows ended, rows taken, records stored; the answers once done."""
+
+    def __init__(self):
+        self.ops: list[WriteOp] = []
+        self.upserts: list[tuple[WriteOp, np.ndarray]] = []  # (op, old rows: -1 where new)
+        self.deletes: list[tuple[WriteOp, list[str], np.ndarray, np.ndarray, np.ndarray]] = []
+        self.new_rows = np.zeros(0, dtype=np.int64)
+        self.ended_metadata: dict[int, dict] = {}
+        self.fixes_model: tuple[str, int] | None = None
+
+    @property
+    def new_count(self) -> int:
+        return sum(len(op.items) for op, _ in self.upserts)
+
+    def add_upsert(self, op: WriteOp, old_rows: np.ndarray) -> None:
+        self.ops.append(op)
+        self.upserts.append((op, old_rows))
+
+    def add_delete(self, op, ids, high, low, rows) -> None:
+        self.ops.append(op)
+        self.deletes.append((op, ids, high, low, rows))
+
+    def ended_rows(self) -> np.ndarray:
+        parts = [old[old >= 0] for _, old in self.upserts] + [rows[rows >= 0] for *_, rows in self.deletes]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def check_ended(self, records: dict) -> None:
+        """Keeps the metadata of what ends; an id whose hash points at another id's record is refused."""
+        for row, record in records.items():
+            self.ended_metadata[row] = record.metadata
+        for op, old in self.upserts:
+            for item_id, row in zip(op.items.ids, old.tolist()):
+                if row >= 0 and row in records and records[row].id != item_id:
+                    raise InvalidArgument(f"id {item_id!r} collides with the stored id {records[row].id!r} "
+                                          "(same 128-bit hash); use another id")
+
+    def _concat(self, attribute: str) -> np.ndarray:
+        parts = [getattr(op.items, attribute) for op, _ in self.upserts]
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def raw(self) -> np.ndarray:
+        return self._concat("raw")
+
+    def unit(self) -> np.ndarray:
+        return self._concat("unit")
+
+    def new_high(self) -> np.ndarray:
+        return self._concat("high").astype(np.uint64)
+
+    def new_low(self) -> np.ndarray:
+        return self._concat("low").astype(np.uint64)
+
+    def new_crcs(self) -> np.ndarray:
+        return self._concat("crcs").astype(np.int64)
+
+    def new_ids(self) -> list[str]:
+        return [item_id for op, _ in self.upserts for item_id in op.items.ids]
+
+    def new_metadata(self) -> list[dict]:
+        return [values for op, _ in self.upserts for values in op.items.metadata]
+
+    def deleted_hashes(self) -> tuple[np.ndarray, np.ndarray]:
+        highs = [high[rows >= 0] for _, _, high, _, rows in self.deletes]
+        lows = [low[rows >= 0] for _, _, _, low, rows in self.deletes]
+        if not highs:
+            return np.zeros(0, np.uint64), np.zeros(0, np.uint64)
+        return np.concatenate(highs), np.concatenate(lows)
+
+    def results(self, count: int):
+        for op, old in self.upserts:
+            replaced = int((old >= 0).sum())
+            yield op, WriteResult(inserted=len(op.items) - replaced, replaced=replaced, count=count)
+        for op, ids, _, _, rows in self.deletes:
+            deleted = int((rows >= 0).sum())
+            yield op, WriteResult(deleted=deleted, not_found=len(ids) - deleted, count=count)

