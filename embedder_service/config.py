@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass, field
 
-from imgsim.serving import ServingConfig
+from imgsim.server.config import ServingConfig
 
 DEFAULT_MODEL = "assets/vit-digits"
 ONLINE_DEFAULT_MODEL = "nateraw/vit-base-beans"

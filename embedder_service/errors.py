@@ -46,11 +46,12 @@ def status_code_for(error: EmbedderError) -> grpc.StatusCode:
     return STATUS_CODES.get(type(error), grpc.StatusCode.INTERNAL)
 
 
-def abort_for(context: grpc.ServicerContext, error: Exception) -> None:
-    """Ends the call with the status the error maps to. Unknown errors are INTERNAL, logged once, not leaked."""
+def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status and message a caller gets for an error. Unknown errors are INTERNAL, logged once with
+    their traceback, and leak nothing."""
     if isinstance(error, EmbedderError):
-        context.abort(status_code_for(error), str(error))
+        return status_code_for(error), str(error)
     if isinstance(error, StreamIdle):
-        context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(error))
-    log.exception("internal error in embedder call", exc_info=error)
-    context.abort(grpc.StatusCode.INTERNAL, "internal error in the embedder; see its log")
+        return grpc.StatusCode.DEADLINE_EXCEEDED, str(error)
+    log.error("internal error in an embedder call", exc_info=error)
+    return grpc.StatusCode.INTERNAL, "internal error in the embedder; see its log"

@@ -1,5 +1,6 @@
 """The embedding pipeline: admission control, preprocessing in a worker pool, then the batcher."""
 
+import asyncio
 import threading
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from typing import Callable
@@ -10,35 +11,61 @@ from embedder_service.batcher import Batcher
 from embedder_service.errors import Overloaded
 
 
+# Streams may fill at most this share of the queue: the rest stays for unary calls, which fail fast when
+# there is no room, so a few busy streams cannot starve every unary caller.
+STREAM_SHARE = 0.75
+
+
 class Capacity:
     """Counts images admitted and not yet finished, so memory stays bounded whatever the load."""
 
     def __init__(self, limit: int):
         self.limit = limit
+        self.stream_limit = max(1, int(limit * STREAM_SHARE))
         self.in_use = 0
-        self._freed = threading.Condition()
+        self.streams_in_use = 0
+        self._lock = threading.Lock()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
 
     def try_acquire(self, n: int) -> bool:
-        with self._freed:
+        with self._lock:
             if self.in_use + n > self.limit:
                 return False
             self.in_use += n
             return True
 
-    def acquire(self, n: int, give_up: threading.Event) -> bool:
-        """Waits for room (flow control for streams); False if `give_up` is set first."""
-        with self._freed:
-            while self.in_use + n > self.limit:
-                if give_up.is_set():
-                    return False
-                self._freed.wait(0.05)
-            self.in_use += n
+    def _try_acquire_for_stream(self) -> bool:
+        with self._lock:
+            if self.in_use >= self.limit or self.streams_in_use >= self.stream_limit:
+                return False
+            self.in_use += 1
+            self.streams_in_use += 1
             return True
 
-    def release(self, n: int) -> None:
-        with self._freed:
+    async def acquire_for_stream(self) -> None:
+        """Waits for room for one streamed image (flow control: a fast stream is slowed, not refused)."""
+        while not self._try_acquire_for_stream():
+            freed = asyncio.Event()
+            with self._lock:
+                self._waiters.append((asyncio.get_running_loop(), freed))
+            try:
+                if self._try_acquire_for_stream():
+                    return
+                await asyncio.wait_for(freed.wait(), 0.5)
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                with self._lock:
+                    if (asyncio.get_running_loop(), freed) in self._waiters:
+                        self._waiters.remove((asyncio.get_running_loop(), freed))
+
+    def release(self, n: int, streamed: int = 0) -> None:
+        with self._lock:
             self.in_use -= n
-            self._freed.notify_all()
+            self.streams_in_use -= streamed
+            waiters, self._waiters = self._waiters, []
+        for loop, freed in waiters:
+            loop.call_soon_threadsafe(freed.set)
 
 
 class Pipeline:
@@ -59,17 +86,18 @@ class Pipeline:
                 f"retry in about {self.retry_hint_ms()} ms"
             )
 
-    def admit_waiting(self, give_up: threading.Event) -> bool:
-        """Reserves room for one image, waiting as long as needed (streams slow down instead of failing)."""
-        return self.capacity.acquire(1, give_up)
+    async def admit_streamed(self) -> None:
+        """Reserves room for one streamed image, waiting as long as needed (streams slow down instead of
+        failing), within the streams' share of the queue."""
+        await self.capacity.acquire_for_stream()
 
     def retry_hint_ms(self) -> int:
         return max(10, int(1000 * self.batcher.max_delay_s * 2))
 
-    def submit(self, data: bytes, label: str) -> Future:
+    def submit(self, data: bytes, label: str, streamed: bool = False) -> Future:
         """Embeds one admitted image; the future gives its raw embedding or raises InvalidImage."""
         result: Future = Future()
-        result.add_done_callback(lambda _: self.capacity.release(1))
+        result.add_done_callback(lambda _: self.capacity.release(1, 1 if streamed else 0))
         preprocessed = self._pool.submit(self.preprocess, data, label)
         preprocessed.add_done_callback(lambda done: self._forward(done, result))
         return result

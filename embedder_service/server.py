@@ -1,6 +1,8 @@
-"""Assembles the embedder: model, preprocessing, batcher, servicer, metrics, on a gRPC server."""
+"""Assembles the embedder: binds the port, loads and warms the model, then serves (health SERVING)."""
 
+import asyncio
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -10,8 +12,8 @@ from embedder_service.model import EmbeddingModel
 from embedder_service.pipeline import Pipeline
 from embedder_service.preprocess import make_preprocessor
 from embedder_service.servicer import EmbedderServicer
-from imgsim.metrics import Metrics
-from imgsim.serving import BadServingConfig, Health, RunningServer, build_server
+from imgsim.server.metrics import Metrics
+from imgsim.server.runner import BadServingConfig, Health, RunningServer, StartAborted, run_in_background, start_server
 from imgsim.v1 import embedder_pb2, embedder_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -21,8 +23,11 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 @dataclass
 class EmbedderServer(RunningServer):
-    pipeline: Pipeline
-    servicer: EmbedderServicer
+    servicer: EmbedderServicer = None
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return self.servicer.pipeline
 
 
 def embedder_metrics(metrics: Metrics) -> Callable[[int, list[float]], None]:
@@ -39,28 +44,49 @@ def embedder_metrics(metrics: Metrics) -> Callable[[int, list[float]], None]:
     return on_batch
 
 
-def create_server(config: EmbedderConfig, model: EmbeddingModel | None = None) -> EmbedderServer:
-    """Loads the model (unless given one), starts serving, warms up, then reports SERVING."""
+def load_pipeline(config: EmbedderConfig, model: EmbeddingModel | None, on_batch) -> tuple[EmbeddingModel, Pipeline]:
+    model = model or EmbeddingModel(config.model, config.revision, config.device, config.dtype,
+                                    config.trust_remote_code)
+    batcher = Batcher(model.embed, config.max_batch_size, config.max_batch_delay_ms / 1000.0, on_batch)
+    preprocess = make_preprocessor(model.processor, config.max_image_pixels, config.fast_preprocess, config.jpeg_draft)
+    model.warm_up(config.max_batch_size)
+    return model, Pipeline(preprocess, batcher, config.preprocess_workers, config.max_queue)
+
+
+async def start(config: EmbedderConfig, stopping: threading.Event | None = None,
+                model: EmbeddingModel | None = None) -> EmbedderServer:
+    """Binds the port (a taken port fails before the model loads), loads and warms up, then says SERVING."""
     if config.serving.max_message_bytes < config.max_image_bytes + 64 * 1024:
         raise BadServingConfig(f"--max-message-bytes {config.serving.max_message_bytes} cannot carry one image of "
                                f"--max-image-bytes {config.max_image_bytes}")
-    model = model or EmbeddingModel(config.model, config.revision, config.device, config.dtype,
-                                    config.trust_remote_code)
     metrics = Metrics()
-    batcher = Batcher(model.embed, config.max_batch_size, config.max_batch_delay_ms / 1000.0, embedder_metrics(metrics))
-    preprocess = make_preprocessor(model.processor, config.max_image_pixels, config.fast_preprocess, config.jpeg_draft)
-    pipeline = Pipeline(preprocess, batcher, config.preprocess_workers, config.max_queue)
-    metrics.gauge("imgsim_embedder_queue_depth", "images admitted and not yet embedded",
-                  lambda: pipeline.capacity.in_use)
-    servicer = EmbedderServicer(pipeline, model.info, config.max_request_images, config.max_image_bytes,
-                                config.max_batch_size, config.serving.stream_idle_s)
+    servicer = EmbedderServicer(config.max_request_images, config.max_image_bytes, config.max_batch_size,
+                                config.serving.stream_idle_s)
     health = Health(SERVICE_NAME)
-    server, port, metrics_port = build_server(
+    server, port, metrics_port = await start_server(
         config.serving, lambda s: embedder_pb2_grpc.add_EmbedderServicer_to_server(servicer, s), SERVICE_NAME,
         health, metrics)
-    model.warm_up(config.max_batch_size)
-    servicer.ready.set()
-    health.set_serving(True)
+    on_batch = embedder_metrics(metrics)
+    try:
+        model, pipeline = await asyncio.to_thread(load_pipeline, config, model, on_batch)
+    except BaseException:
+        await server.stop(0)
+        metrics.stop()
+        raise
+    if stopping is not None and stopping.is_set():
+        pipeline.stop()
+        await server.stop(0)
+        metrics.stop()
+        raise StartAborted("stopped while loading the model")
+    metrics.gauge("imgsim_embedder_queue_depth", "images admitted and not yet embedded",
+                  lambda: pipeline.capacity.in_use)
+    servicer.info, servicer.pipeline = model.info, pipeline
+    await health.set_serving(True)
     log.info("embedder serving %s on %s:%d (metrics port %s)", config.model, config.serving.host, port, metrics_port)
-    return EmbedderServer(server, port, health, config.serving, metrics, metrics_port, servicer.ready.clear,
-                          pipeline.stop, pipeline, servicer)
+    return EmbedderServer(server, port, health, config.serving, metrics, metrics_port, pipeline.stop,
+                          servicer=servicer)
+
+
+def create_server(config: EmbedderConfig, model: EmbeddingModel | None = None) -> EmbedderServer:
+    """An embedder on an event loop of its own, in a thread (tests and programs that embed the service)."""
+    return run_in_background(lambda: start(config, model=model))

@@ -1,28 +1,29 @@
-"""Translates between imgsim.v1.Embedder messages and the embedding pipeline."""
+"""Translates between imgsim.v1.Embedder messages and the embedding pipeline (grpc.aio: a stream waiting for
+its client costs a coroutine, not a thread)."""
 
-import queue
-import threading
-from concurrent.futures import Future, wait
+import asyncio
+from collections import deque
+from concurrent.futures import Future
 
 import grpc
 import numpy as np
 
-from embedder_service.errors import (DeadlineExceeded, EmbedderError, InvalidImage, InvalidRequest, NotReady, abort_for,
-                                     status_code_for)
+from embedder_service.errors import (DeadlineExceeded, EmbedderError, InvalidImage, InvalidRequest, NotReady,
+                                     status_code_for, status_for)
 from embedder_service.model import ModelInfo
 from embedder_service.pipeline import Pipeline
 from embedder_service.preprocess import describe
 from imgsim import vectors
-from imgsim.streams import with_idle_limit
+from imgsim.streams import idle_limited
 from imgsim.v1 import common_pb2, embedder_pb2, embedder_pb2_grpc
 
 MAX_ID_BYTES = 256
-_END_OF_STREAM = object()
+_END = object()
 
 
 def normalised(vector: np.ndarray) -> np.ndarray:
-    norm = float(np.linalg.norm(vector))
-    return vector / norm if norm > 0 else vector
+    norm = float(np.linalg.norm(vector.astype(np.float64)))
+    return (vector / norm).astype(np.float32) if norm > 0 else vector
 
 
 def image_problem(image: embedder_pb2.Image, label: str, max_image_bytes: int) -> InvalidImage | None:
@@ -51,43 +52,84 @@ def to_result(image_id: str, future: Future, raw: bool) -> embedder_pb2.EmbedRes
         id=image_id, error=common_pb2.ItemError(code=status_code_for(error).value[0], message=str(error)))
 
 
+def seconds_left(context) -> float | None:
+    """Time to the call's deadline; None when it has none."""
+    remaining = context.time_remaining()
+    return None if remaining is None or remaining > 1e6 else max(remaining, 0.0)
+
+
+class Window:
+    """The images a stream has read ahead of the results it sent back, in order, at most `size` of them."""
+
+    def __init__(self, size: int):
+        self._items: deque = deque()
+        self._space = asyncio.Semaphore(size)
+        self._arrived = asyncio.Event()
+
+    async def put(self, item) -> None:
+        await self._space.acquire()
+        self._items.append(item)
+        self._arrived.set()
+
+    async def get(self):
+        while not self._items:
+            self._arrived.clear()
+            await self._arrived.wait()
+        self._space.release()
+        return self._items.popleft()
+
+    def peek(self):
+        return self._items[0] if self._items else None
+
+    def drain(self) -> list:
+        items, self._items = list(self._items), deque()
+        return items
+
+
 class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
-    def __init__(self, pipeline: Pipeline, info: ModelInfo, max_request_images: int, max_image_bytes: int,
-                 max_batch_size: int, stream_idle_s: float = 60.0):
-        self.pipeline = pipeline
-        self.info = info
+    def __init__(self, max_request_images: int, max_image_bytes: int, max_batch_size: int,
+                 stream_idle_s: float = 60.0):
+        self.pipeline: Pipeline | None = None  # set once the model is loaded and warm
+        self.info: ModelInfo | None = None
         self.max_request_images = max_request_images
         self.max_image_bytes = max_image_bytes
         self.max_batch_size = max_batch_size
         self.stream_idle_s = stream_idle_s
-        self.ready = threading.Event()
 
-    def _check_request(self, images) -> None:
-        if not self.ready.is_set():
-            raise NotReady("the embedder is not ready: the model is loading or the server is stopping")
+    def _check_ready(self) -> None:
+        if self.pipeline is None:
+            raise NotReady("the embedder is not ready: the model is loading")
+
+    def _check_count(self, images) -> None:
         if len(images) > self.max_request_images:
             raise InvalidRequest(f"{len(images)} images in one message, over the limit of {self.max_request_images}")
 
-    def _submit(self, image: embedder_pb2.Image, position: int) -> Future:
+    def _submit(self, image: embedder_pb2.Image, position: int, streamed: bool = False) -> Future:
         """The image's embedding to come, or its error now (admission is the caller's)."""
         label = describe(position, image.id)
         problem = image_problem(image, label, self.max_image_bytes)
         if problem is not None:
-            self.pipeline.capacity.release(1)  # admitted, but it will never reach the pipeline
+            self.pipeline.capacity.release(1, 1 if streamed else 0)  # admitted, but it never reaches the pipeline
             return failed(problem)
-        return self.pipeline.submit(image.data, label)
+        return self.pipeline.submit(image.data, label, streamed)
 
-    def Embed(self, request, context):
+    async def Embed(self, request, context):
         try:
+            self._check_ready()
             if not request.images:
                 raise InvalidRequest("no images in the request")
-            self._check_request(request.images)
+            self._check_count(request.images)
             self.pipeline.admit_or_refuse(len(request.images))
             futures = [self._submit(image, i) for i, image in enumerate(request.images)]
-            context.add_callback(lambda: [f.cancel() for f in futures])
-            _, not_done = wait(futures, timeout=seconds_left(context))
+            try:
+                done, not_done = await asyncio.wait([asyncio.wrap_future(f) for f in futures],
+                                                    timeout=seconds_left(context))
+            except asyncio.CancelledError:
+                for future in futures:
+                    future.cancel()
+                raise
             if not_done:
-                for future in not_done:
+                for future in futures:
                     future.cancel()
                 raise DeadlineExceeded(f"deadline passed with {len(not_done)} of {len(futures)} images not embedded")
             results = [to_result(image.id, f, request.raw) for image, f in zip(request.images, futures)]
@@ -95,115 +137,84 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
                 raise InvalidRequest("no image could be embedded: " + "; ".join(r.error.message for r in results))
             return embedder_pb2.EmbedResponse(results=results, model_fingerprint=self.info.fingerprint)
         except Exception as err:
-            abort_for(context, err)
+            if isinstance(err, grpc.aio.AbortError):
+                raise
+            code, message = status_for(err)
+            await context.abort(code, message)
 
-    def EmbedStream(self, request_iterator, context):
-        stop = threading.Event()
-        context.add_callback(stop.set)
-        # The per-stream window: how many images may be read ahead of the results sent back.
-        pending: queue.Queue = queue.Queue(maxsize=4 * self.max_batch_size)
-        reader = threading.Thread(target=self._read_stream, args=(request_iterator, pending, stop), daemon=True,
-                                  name="embed-stream-reader")
-        reader.start()
+    async def EmbedStream(self, request_iterator, context):
         try:
-            yield from self._stream_results(pending, stop)
+            self._check_ready()
+        except EmbedderError as err:
+            code, message = status_for(err)
+            await context.abort(code, message)
+        pending = Window(4 * self.max_batch_size)
+        reader = asyncio.create_task(self._read(request_iterator, pending))
+        try:
+            while True:
+                batch = await self._next_batch(pending)
+                if batch is None:
+                    break
+                yield embedder_pb2.EmbedStreamResponse(
+                    results=[to_result(image_id, future, raw) for image_id, future, raw in batch],
+                    model_fingerprint=self.info.fingerprint)
         except Exception as err:
-            stop.set()
-            abort_for(context, err)
+            if isinstance(err, grpc.aio.AbortError):
+                raise
+            code, message = status_for(err)
+            await context.abort(code, message)
         finally:
-            stop.set()
-            drain_and_cancel(pending)
+            reader.cancel()
+            for item in pending.drain():
+                if isinstance(item, tuple):
+                    item[1].cancel()
 
-    def _read_stream(self, request_iterator, pending: queue.Queue, stop: threading.Event) -> None:
-        position = 0
-        raw = None
+    async def _read(self, request_iterator, pending: "Window") -> None:
+        position, raw = 0, None
         try:
-            for request in with_idle_limit(request_iterator, self.stream_idle_s):
+            async for request in idle_limited(request_iterator, self.stream_idle_s):
                 if raw is None:
                     raw = request.raw
-                self._check_request(request.images)
+                self._check_count(request.images)
                 for image in request.images:
-                    if not self.pipeline.admit_waiting(stop):
-                        return
-                    future = self._submit(image, position)
-                    if not put_unless_stopped(pending, (image.id, future, raw), stop):
+                    await self.pipeline.admit_streamed()
+                    future = self._submit(image, position, streamed=True)
+                    try:
+                        await pending.put((image.id, future, raw))
+                    except asyncio.CancelledError:
                         future.cancel()
-                        return
+                        raise
                     position += 1
-            put_unless_stopped(pending, _END_OF_STREAM, stop)
-        except Exception as err:
-            if stop.is_set():
-                return  # the client went away or the call ended; nothing is left to tell
-            put_unless_stopped(pending, err, stop)
+            await pending.put(_END)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # handed to the writer, which ends the call with it
+            await pending.put(err)
 
-    def _stream_results(self, pending: queue.Queue, stop: threading.Event):
-        """Yields results in order: waits for the oldest image, then sends it with those already done after it."""
-        carried = None
-        while True:
-            item = carried if carried is not None else next_item(pending, stop)
-            carried = None
-            if item is None or item is _END_OF_STREAM:
-                return
-            if isinstance(item, Exception):
-                raise item
-            item[1].exception()  # waits for the oldest image in flight
-            batch = [item]
-            while len(batch) < self.max_batch_size:
-                try:
-                    following = pending.get_nowait()
-                except queue.Empty:
-                    break
-                if not (isinstance(following, tuple) and following[1].done()):
-                    carried = following
-                    break
-                batch.append(following)
-            yield self._stream_response(batch)
+    async def _next_batch(self, pending: "Window"):
+        """The oldest image's result once it is done, with those already done after it (in order)."""
+        item = await pending.get()
+        if item is _END:
+            return None
+        if isinstance(item, Exception):
+            raise item
+        await asyncio.wait([asyncio.wrap_future(item[1])])
+        batch = [item]
+        while len(batch) < self.max_batch_size:
+            following = pending.peek()
+            if not (isinstance(following, tuple) and following[1].done()):
+                break
+            batch.append(await pending.get())
+        return batch
 
-    def _stream_response(self, batch) -> embedder_pb2.EmbedStreamResponse:
-        return embedder_pb2.EmbedStreamResponse(
-            results=[to_result(image_id, future, raw) for image_id, future, raw in batch],
-            model_fingerprint=self.info.fingerprint,
-        )
-
-    def GetModelInfo(self, request, context):
+    async def GetModelInfo(self, request, context):
+        try:
+            self._check_ready()
+        except EmbedderError as err:
+            code, message = status_for(err)
+            await context.abort(code, message)
         info = self.info
         return embedder_pb2.GetModelInfoResponse(
             model_id=info.model_id, revision=info.revision, dimension=info.dimension, image_height=info.image_height,
             image_width=info.image_width, device=info.device, dtype=info.dtype, model_fingerprint=info.fingerprint,
             max_batch_size=self.max_batch_size)
-
-
-def seconds_left(context: grpc.ServicerContext) -> float | None:
-    """Time to the call's deadline; None when it has none (grpc then reports a huge number)."""
-    remaining = context.time_remaining()
-    return None if remaining is None or remaining > 1e6 else max(remaining, 0.0)
-
-
-def put_unless_stopped(pending: queue.Queue, item, stop: threading.Event) -> bool:
-    while not stop.is_set():
-        try:
-            pending.put(item, timeout=0.1)
-            return True
-        except queue.Full:
-            continue
-    return False
-
-
-def next_item(pending: queue.Queue, stop: threading.Event):
-    """The next queued item, or None once the stream is stopped."""
-    while not stop.is_set():
-        try:
-            return pending.get(timeout=0.1)
-        except queue.Empty:
-            continue
-    return None
-
-
-def drain_and_cancel(pending: queue.Queue) -> None:
-    while True:
-        try:
-            item = pending.get_nowait()
-        except queue.Empty:
-            return
-        if isinstance(item, tuple):
-            item[1].cancel()
