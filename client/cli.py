@@ -1,149 +1,165 @@
-"""imgsim: the client's command line (demo, index, search, stats, loadtest)."""
+"""imgsim: the command line of the image-similarity services.
+
+Every mistake in how a command is called ends with one line and exit code 2; a failed call to a service
+with one line naming it and exit code 1; Ctrl-C with what was done so far and exit code 130."""
 
 import argparse
 import json
 import sys
 from pathlib import Path
 
+from client.connection import UsageError, add_connection_options, connect
 from client.errors import ImgsimError
-from imgsim.flags import add_option, positive_int
-
-EMBEDDER_ENV = "IMGSIM_EMBEDDER_ADDRESS"
-INDEX_ENV = "IMGSIM_INDEX_ADDRESS"
-
-
-def add_addresses(parser: argparse.ArgumentParser, required: tuple[str, ...]) -> None:
-    if "embedder" in required:
-        add_option(parser, "--embedder", EMBEDDER_ENV, None,
-                   "embedder address host:port; several comma-separated replicas are spread round robin")
-    if "index" in required:
-        add_option(parser, "--index", INDEX_ENV, None, "index address host:port")
+from client.where import parse_where
+from imgsim.options import Options, integer, parse_args, text
 
 
 def build_parser() -> argparse.ArgumentParser:
     from client.demo import OFFLINE_DATASET, OFFLINE_MODEL
 
-    parser = argparse.ArgumentParser(prog="imgsim", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="imgsim", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = commands.add_parser("demo", help="index a dataset's train split, query its test split, report precision@k",
-                               description="Starts local services unless --embedder and --index are given.")
-    add_addresses(demo, ("embedder", "index"))
-    add_option(demo, "--model", "IMGSIM_DEMO_MODEL", OFFLINE_MODEL,
-               "checkpoint for the local embedder (online: nateraw/vit-base-beans)")
-    add_option(demo, "--dataset", "IMGSIM_DEMO_DATASET", OFFLINE_DATASET,
-               "dataset folder or hub id with train and test splits (online: beans)")
-    add_option(demo, "--num-candidates", "IMGSIM_DEMO_NUM_CANDIDATES", None,
-               "candidates taken from the shuffled train split (the write-up: 100); all when unset", type=positive_int)
-    add_option(demo, "--num-queries", "IMGSIM_DEMO_NUM_QUERIES", None, "test images queried; all when unset",
-               type=positive_int)
-    add_option(demo, "--k", "IMGSIM_DEMO_K", 5, "candidates per query", type=positive_int)
-    add_option(demo, "--shown", "IMGSIM_DEMO_SHOWN", 5, "queries printed and drawn", type=positive_int)
-    add_option(demo, "--image-column", "IMGSIM_DEMO_IMAGE_COLUMN", "image", "the dataset's image column")
-    add_option(demo, "--label-column", "IMGSIM_DEMO_LABEL_COLUMN", "labels", "the dataset's label column")
-    add_option(demo, "--out", "IMGSIM_DEMO_OUT", "demo-out", "folder for the picture and the services' logs",
-               type=Path)
+    demo = commands.add_parser("demo", help="the write-up's job: index a train split, query the test split",
+                               description="Starts local services unless --embedder and --index are given. Works in "
+                                           "its own collection (--collection), which it empties first.")
+    add_connection_options(demo, ("embedder", "index"))
+    options = Options(demo, "IMGSIM_DEMO")
+    options.add("--model", OFFLINE_MODEL, "checkpoint for the local embedder (online: nateraw/vit-base-beans)")
+    options.add("--dataset", OFFLINE_DATASET, "dataset folder or hub id with train and test splits (online: beans)")
+    options.add("--collection", "imgsim-demo", "the demo's own collection (dropped and made anew)")
+    options.add("--num-candidates", None, "candidates taken from the shuffled train split (the write-up: 100); all "
+                "when unset", type=integer(1))
+    options.add("--num-queries", None, "test images queried; all when unset", type=integer(1))
+    options.add("--k", 5, "candidates per query", type=integer(1, 1000))
+    options.add("--shown", 5, "queries printed and drawn", type=integer(1, 100))
+    options.add("--image-column", "image", "the dataset's image column")
+    options.add("--label-column", "auto", "the dataset's label column (auto: label or labels)")
+    options.add("--out", "demo-out", "folder for the picture and the local services' logs", type=Path)
 
-    index = commands.add_parser("index", help="stream a dataset split through the embedder into the index")
-    add_addresses(index, ("embedder", "index"))
-    index.add_argument("--dataset", required=True, help="dataset folder or hub id")
-    index.add_argument("--split", default="train", help="split to index [default train]")
+    index = commands.add_parser("index", help="embed images and add them to a collection",
+                                description="Indexes image files, folders (recursively; in an ImageFolder layout "
+                                            "the subfolder is the label) and globs, or a dataset split (--dataset).")
+    add_connection_options(index, ("embedder", "index"))
+    index.add_argument("paths", nargs="*", help="image files, folders or globs")
+    index.add_argument("--dataset", help="a dataset folder or hub id instead of paths")
+    index.add_argument("--split", default="train", help="split of --dataset [default train]")
+    index.add_argument("--streaming", action="store_true", help="stream the dataset instead of loading it")
     index.add_argument("--image-column", default="image", help="[default image]")
-    index.add_argument("--label-column", default="labels", help="stored as metadata 'label' [default labels]")
-    index.add_argument("--id-column", default=None, help="column of ids [default: the row number]")
-    index.add_argument("--batch-size", type=positive_int, default=64, help="[default 64]")
+    index.add_argument("--label-column", default="auto", help="stored as metadata 'label' (auto: label or labels; "
+                       "'' for none) [default auto]")
+    index.add_argument("--id-column", default=None, help="column of ids [default: a hash of the image's bytes]")
+    index.add_argument("--collection", default="default", help="[default default]")
+    index.add_argument("--create", action="store_true", help="create the collection if it does not exist")
+    index.add_argument("--skip-existing", action="store_true", help="skip ids the collection holds (resume a run)")
+    index.add_argument("--batch-size", type=integer(1, 256), default=64, help="images per message [default 64]")
 
-    search = commands.add_parser("search", help="find the candidates most similar to image files")
-    add_addresses(search, ("embedder", "index"))
+    search = commands.add_parser("search", help="find the items most similar to image files")
+    add_connection_options(search, ("embedder", "index"))
     search.add_argument("images", nargs="+", type=Path, help="image files")
-    search.add_argument("--k", type=positive_int, default=5, help="[default 5]")
-    search.add_argument("--where", action="append", default=[], metavar="KEY=V1,V2",
-                        help="keep candidates whose metadata KEY is one of the values; repeatable")
+    search.add_argument("--k", type=integer(1, 1000), default=5, help="[default 5]")
+    search.add_argument("--collection", default="default", help="[default default]")
+    add_where(search)
 
-    stats = commands.add_parser("stats", help="what the index holds")
-    add_addresses(stats, ("index",))
+    stats = commands.add_parser("stats", help="what the collections hold")
+    add_connection_options(stats, ("index",))
+    stats.add_argument("--collection", default=None, help="one collection [default: every one]")
 
-    load = commands.add_parser("loadtest", help="a bounded ghz-like load test of one RPC",
-                               description="Makes --total calls of --call from --concurrency threads and prints a "
-                                           "ghz-like summary. Takes the data files of loadtest/ (as ghz does).")
-    load.add_argument("host", help="the service's host:port")
-    load.add_argument("--call", required=True, help="e.g. imgsim.v1.Index/Search or imgsim.v1.Embedder.Embed")
-    load.add_argument("-D", "--data-file", required=True, type=Path,
-                      help="JSON request (a list of requests for client-streaming calls)")
-    load.add_argument("-c", "--concurrency", type=positive_int, default=50, help="calls at once [default 50]")
-    load.add_argument("-n", "--total", type=positive_int, default=200, help="calls in all [default 200]")
-    load.add_argument("-t", "--timeout", type=float, default=20.0, help="seconds per call [default 20]")
+    count = commands.add_parser("count", help="how many items (pass a filter)")
+    add_connection_options(count, ("index",))
+    count.add_argument("--collection", default="default", help="[default default]")
+    add_where(count)
+
+    delete = commands.add_parser("delete", help="remove items by id")
+    add_connection_options(delete, ("index",))
+    delete.add_argument("ids", nargs="+")
+    delete.add_argument("--collection", default="default", help="[default default]")
+
+    collections = commands.add_parser("collections", help="list, create, describe, drop or compact collections")
+    add_connection_options(collections, ("index",))
+    collections.add_argument("action", choices=["list", "create", "describe", "drop", "compact"])
+    collections.add_argument("name", nargs="?")
+    collections.add_argument("--kind", default="", help="create: flat, hnsw, ivfpq or lsh [default: the server's]")
+    collections.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                             help="create: an index parameter, e.g. hnsw_m=16; repeatable")
+    collections.add_argument("--exist-ok", action="store_true", help="create: an existing one is fine")
+    collections.add_argument("--missing-ok", action="store_true", help="drop: a missing one is fine")
+
+    export = commands.add_parser("export", help="write a collection to a Parquet file (exact vectors)")
+    add_connection_options(export, ("index",))
+    export.add_argument("--collection", default="default", help="[default default]")
+    export.add_argument("--out", required=True, type=Path, help="FILE.parquet")
+    add_where(export)
+
+    load = commands.add_parser("import", help="create a collection from a Parquet export and fill it")
+    add_connection_options(load, ("index",))
+    load.add_argument("file", type=Path, help="FILE.parquet written by imgsim export")
+    load.add_argument("--collection", default=None, help="[default: the exported collection's name]")
+
+    loadtest = commands.add_parser("loadtest", help="a bounded ghz-like load test of one RPC",
+                                   description="Makes --total calls of --call from --concurrency threads and prints a "
+                                               "ghz-like summary. Takes the data files of loadtest/ (as ghz does).")
+    loadtest.add_argument("host", help="the service's host:port")
+    loadtest.add_argument("--call", required=True, help="e.g. imgsim.v1.Index/Search or imgsim.v1.Embedder.Embed")
+    loadtest.add_argument("-D", "--data-file", required=True, type=Path,
+                          help="JSON request (a list of requests for client-streaming calls)")
+    loadtest.add_argument("-c", "--concurrency", type=integer(1, 10000), default=50, help="calls at once [50]")
+    loadtest.add_argument("-n", "--total", type=integer(1, 10_000_000), default=200, help="calls in all [200]")
+    loadtest.add_argument("-t", "--timeout", type=float, default=20.0, help="seconds per call [20]")
     return parser
 
 
-def require(args: argparse.Namespace, *names: str) -> None:
-    missing = [n for n in names if not getattr(args, n)]
-    if missing:
-        envs = {"embedder": EMBEDDER_ENV, "index": INDEX_ENV}
-        sys.exit("imgsim: give " + " and ".join(f"--{n} (or {envs[n]})" for n in missing))
+def add_where(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--where", action="append", default=[], type=text, metavar="CLAUSE",
+                        help="a metadata filter; repeated clauses must all hold. KEY=V1,V2 (any of), KEY!=V, "
+                             "KEY>N, KEY>=N, KEY<N, KEY<=N. Values match as text and, when they read as one, as "
+                             "numbers or booleans too ('\"3\"' for the string only)")
 
 
-def parse_where(clauses: list[str]) -> dict[str, list[str]]:
-    where = {}
-    for clause in clauses:
-        key, sep, values = clause.partition("=")
-        if not sep or not key or not values:
-            sys.exit(f"imgsim: --where wants KEY=V1,V2, got {clause!r}")
-        where[key] = values.split(",")
-    return where
+def print_json(value) -> None:
+    print(json.dumps(value, default=str))
 
 
-def run(args: argparse.Namespace) -> None:
-    from client.sdk import SimilarityClient
-
+def run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from client.demo import DemoOptions, run_demo
-
-        run_demo(DemoOptions(
-            model=args.model, dataset=args.dataset, embedder=args.embedder, index=args.index,
-            num_candidates=args.num_candidates, num_queries=args.num_queries, k=args.k, shown=args.shown,
-            image_column=args.image_column, label_column=args.label_column, out=args.out))
-    elif args.command == "index":
-        from datasets import load_dataset
-
-        require(args, "embedder", "index")
-        split = load_dataset(args.dataset, split=args.split)
-        with SimilarityClient(embedder=args.embedder.split(","), index=args.index) as client:
-            report = client.index_dataset(split, args.image_column, args.label_column, args.id_column,
-                                          args.batch_size)
-            print(f"indexed {report.indexed}, failed {len(report.failed)}; the index holds {client.stats().count}")
-            for item_id, message in report.failed:
-                print(f"  {item_id}: {message}", file=sys.stderr)
-    elif args.command == "search":
-        require(args, "embedder", "index")
-        with SimilarityClient(embedder=args.embedder.split(","), index=args.index) as client:
-            found = client.search(list(args.images), k=args.k, where=parse_where(args.where))
+        return run_demo(DemoOptions.from_args(args))
+    if args.command == "loadtest":
+        from client.loadtest import main as loadtest
+        return loadtest(args)
+    if args.command == "index":
+        from client.commands import index_command
+        return index_command(args)
+    if args.command == "search":
+        where = parse_where(args.where)
+        missing = [str(p) for p in args.images if not p.is_file()]
+        if missing:
+            raise UsageError(f"no such image file: {missing[0]}")
+        with connect(args, ("embedder", "index"), args.collection) as client:
+            found = client.search(list(args.images), k=args.k, where=where)
         for path, hits in zip(args.images, found):
-            print(json.dumps({"query": str(path), "hits": [h.__dict__ for h in hits]}))
-    elif args.command == "loadtest":
-        import grpc
-
-        from client.loadtest import find_method, load_requests, run_load, summary
-
-        method = find_method(args.call)
-        requests = load_requests(method, args.data_file)
-        with grpc.insecure_channel(args.host) as channel:
-            result = run_load(channel, method, requests, args.concurrency, args.total, args.timeout)
-        print(summary(result))
-        if result.errors:
-            sys.exit(1)
-    elif args.command == "stats":
-        require(args, "index")
-        with SimilarityClient(index=args.index) as client:
-            print(json.dumps(client.stats().__dict__))
+            print_json({"query": str(path), "hits": [h.__dict__ for h in hits]})
+        return 0
+    from client.commands import index_only_command
+    return index_only_command(args)
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parse_args(parser, argv)
     try:
-        run(args)
+        code = run(args)
+    except UsageError as err:
+        print(f"imgsim: {err}", file=sys.stderr)
+        code = 2
     except ImgsimError as err:
-        sys.exit(f"imgsim: {err}")
+        print(f"imgsim: {err}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        print("imgsim: interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)
 
 
 if __name__ == "__main__":

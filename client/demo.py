@@ -25,15 +25,22 @@ CELL = 128
 class DemoOptions:
     model: str = OFFLINE_MODEL
     dataset: str = OFFLINE_DATASET
-    embedder: str | None = None
-    index: str | None = None
+    collection: str = "imgsim-demo"
     num_candidates: int | None = None
     num_queries: int | None = None
     k: int = 5
     shown: int = 5
     image_column: str = "image"
-    label_column: str = "labels"
+    label_column: str = "auto"
     out: Path = Path("demo-out")
+    connection: object = None  # the parsed command line, when services are given (--embedder, --index...)
+
+    @classmethod
+    def from_args(cls, args) -> "DemoOptions":
+        return cls(model=args.model, dataset=args.dataset, collection=args.collection,
+                   num_candidates=args.num_candidates, num_queries=args.num_queries, k=args.k, shown=args.shown,
+                   image_column=args.image_column, label_column=args.label_column, out=args.out,
+                   connection=args if (args.embedder or args.index) else None)
 
 
 @dataclass(frozen=True)
@@ -46,12 +53,9 @@ class DemoResult:
 
 def precision_at_k(query_labels: list[str], hits: list[list[Hit]], k: int) -> float:
     """Mean over queries of the share of the top-k candidates that carry the query's label."""
-    shares = [sum(h.metadata.get("label") == label for h in found[:k]) / k for label, found in zip(query_labels, hits)]
+    shares = [sum(str(h.metadata.get("label")) == label for h in found[:k]) / k
+              for label, found in zip(query_labels, hits)]
     return float(np.mean(shares))
-
-
-def as_label(text: str) -> int | str:
-    return int(text) if text.lstrip("-").isdigit() else text
 
 
 def draw_grid(query_images: list[Image.Image], query_labels: list[str], hits: list[list[Hit]],
@@ -64,7 +68,7 @@ def draw_grid(query_images: list[Image.Image], query_labels: list[str], hits: li
     for row, (image, label, found) in enumerate(zip(query_images, query_labels, hits)):
         top = row * (CELL + caption)
         cells = [(image, f"query, label {label}")] + [
-            (candidate_image(hit.id), f"{hit.metadata.get('label', '?')}  {hit.score:.3f}") for hit in found]
+            (candidate_image(hit), f"{hit.metadata.get('label', '?')}  {hit.score:.3f}") for hit in found]
         for column, (picture, text) in enumerate(cells):
             grid.paste(picture.convert("RGB").resize((CELL - 8, CELL - 8)), (column * CELL + 4, top + 4))
             draw.text((column * CELL + 6, top + CELL), text, fill="black" if column else "blue")
@@ -72,55 +76,72 @@ def draw_grid(query_images: list[Image.Image], query_labels: list[str], hits: li
     grid.save(path)
 
 
-def run_demo(options: DemoOptions, say=print) -> DemoResult:
+def run_demo(options: DemoOptions, say=print) -> int:
+    """Runs the demo; returns the exit code (0)."""
+    result = demo(options, say)
+    return 0 if result.queries else 1
+
+
+def demo(options: DemoOptions, say=print) -> DemoResult:
     from datasets import Image as ImageFeature
     from datasets import load_dataset
 
+    from client.ingest import pick_label_column
+
     dataset = load_dataset(options.dataset)
-    candidates = dataset["train"].shuffle(seed=SEED)
+    train = dataset["train"]
+    candidates = train.shuffle(seed=SEED)
     if options.num_candidates:
         candidates = candidates.select(range(min(options.num_candidates, len(candidates))))
     queries = dataset["test"]
     if options.num_queries:
         queries = queries.select(range(min(options.num_queries, len(queries))))
+    label_column = pick_label_column(queries, options.label_column)
+    names = getattr(queries.features[label_column], "names", None) if label_column else None
 
     data_dir = Path(tempfile.mkdtemp(prefix="imgsim-demo-index-"))
     services = None
     try:
-        embedder, index = options.embedder, options.index
-        if not (embedder and index):
+        if options.connection is None:
             say(f"starting local services: embedder ({options.model}) and index (data in {data_dir})")
             services = start_local_services(options.model, data_dir, options.out / "logs")
-            embedder = embedder or services.services[1].address
-            index = index or services.services[0].address
-        with SimilarityClient(embedder=embedder, index=index) as client:
+            client = SimilarityClient(embedder=services.services[1].address, index=services.services[0].address,
+                                      collection=options.collection)
+        else:
+            from client.connection import connect
+            client = connect(options.connection, ("embedder", "index"), options.collection)
+        with client:
             info = client.model_info()
             say(f"model {info.model_id}: dimension {info.dimension}, {info.device}/{info.dtype}, "
                 f"fingerprint {info.fingerprint}")
+            client.drop_collection(options.collection, missing_ok=True)
+            client.create_collection(options.collection)
             started = time.monotonic()
-            report = client.index_dataset(candidates, options.image_column, options.label_column, batch_size=64)
-            say(f"indexed {report.indexed} candidates in {time.monotonic() - started:.1f} s"
-                + (f", {len(report.failed)} failed" if report.failed else ""))
+            report = client.index_dataset(candidates, options.image_column, options.label_column, batch_size=64,
+                                          progress=False)
+            say(f"indexed {report.indexed} candidates into collection {options.collection!r} in "
+                f"{time.monotonic() - started:.1f} s" + (f", {len(report.failed)} failed" if report.failed else ""))
 
             raw = queries.cast_column(options.image_column, ImageFeature(decode=False))
-            query_labels = [str(label) for label in queries[options.label_column]]
+            query_labels = [names[v] if names else v for v in queries[label_column]]
             started = time.monotonic()
-            vectors = client.embed([encoded(image) for image in raw[options.image_column]])
+            embedded = client.embed([encoded(image) for image in raw[options.image_column]], return_fingerprint=True)
             hits: list[list[Hit]] = []
-            for start in range(0, len(vectors), MAX_QUERIES_PER_SEARCH):
-                hits += client.search_vectors(vectors[start:start + MAX_QUERIES_PER_SEARCH], k=options.k)
-            say(f"searched {len(vectors)} queries in {time.monotonic() - started:.1f} s")
+            for start in range(0, len(embedded.vectors), MAX_QUERIES_PER_SEARCH):
+                hits += client.search_vectors(embedded.vectors[start:start + MAX_QUERIES_PER_SEARCH], k=options.k,
+                                              fingerprint=embedded.fingerprint)
+            say(f"searched {len(hits)} queries in {time.monotonic() - started:.1f} s")
 
         for label, found in list(zip(query_labels, hits))[:options.shown]:
-            say(f"Query label: {as_label(label)}")
-            say(f"Top {options.k} candidate labels: {[as_label(h.metadata.get('label', '?')) for h in found]}")
-        score = precision_at_k(query_labels, hits, options.k)
+            say(f"Query label: {label}")
+            say(f"Top {options.k} candidate labels: [{', '.join(str(h.metadata.get('label', '?')) for h in found)}]")
+        score = precision_at_k([str(label) for label in query_labels], hits, options.k)
         say(f"Mean precision@{options.k} over {len(hits)} test queries with {len(candidates)} candidates: {score:.4f}")
 
         shown = min(options.shown, len(hits))
         grid_path = options.out / "results.png"
         draw_grid([queries[i][options.image_column] for i in range(shown)], query_labels[:shown], hits[:shown],
-                  lambda item_id: candidates[int(item_id)][options.image_column], grid_path)
+                  lambda hit: train[int(hit.metadata["source"].rsplit("/", 1)[1])][options.image_column], grid_path)
         say(f"wrote {grid_path}")
         return DemoResult(score, len(hits), len(candidates), grid_path)
     finally:

@@ -13,16 +13,24 @@ class ImgsimError(Exception):
         self.code = code
 
 
-class InvalidArgument(ImgsimError):
+class InvalidArgument(ImgsimError, ValueError):
     """The request was malformed: not an image, a wrong dimension, k out of range..."""
 
 
 class ModelMismatch(ImgsimError):
-    """The index holds vectors of another model (FAILED_PRECONDITION)."""
+    """The collection holds vectors of another model, or cannot be written (FAILED_PRECONDITION)."""
+
+
+class NotFound(ImgsimError):
+    """No such collection."""
+
+
+class AlreadyExists(ImgsimError):
+    """A collection of that name exists already."""
 
 
 class Overloaded(ImgsimError):
-    """The service is saturated (RESOURCE_EXHAUSTED); retry after a short wait."""
+    """The service is saturated, or its storage full (RESOURCE_EXHAUSTED); retry after a short wait."""
 
 
 class Unavailable(ImgsimError):
@@ -37,13 +45,20 @@ class Unauthenticated(ImgsimError):
     """The call carried no valid credentials."""
 
 
+class DataLoss(ImgsimError):
+    """Stored data failed its checksum."""
+
+
 EXCEPTIONS = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.FAILED_PRECONDITION: ModelMismatch,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
     grpc.StatusCode.RESOURCE_EXHAUSTED: Overloaded,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.DATA_LOSS: DataLoss,
 }
 
 

@@ -130,3 +130,13 @@ def summary(result: LoadResult) -> str:
     lines += ["", "Status code distribution:"]
     lines += [f"  [{code}]   {count} responses" for code, count in sorted(result.codes.items())]
     return "\n".join(lines)
+
+
+def main(args) -> int:
+    """imgsim loadtest: runs the load and prints the summary; exit code 1 when any call failed."""
+    method = find_method(args.call)
+    requests = load_requests(method, args.data_file)
+    with grpc.insecure_channel(args.host) as channel:
+        result = run_load(channel, method, requests, args.concurrency, args.total, args.timeout)
+    print(summary(result))
+    return 1 if result.errors else 0

@@ -4,13 +4,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+Scalar = str | int | float | bool
+
 
 @dataclass(frozen=True)
 class Hit:
     """One search result: the candidate's id, its cosine similarity to the query, and its metadata."""
     id: str
     score: float
-    metadata: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, Scalar] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -27,18 +29,47 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class IndexStats:
+    """What a collection holds (summed over shards)."""
     count: int
     dimension: int
     index_kind: str
     model_fingerprint: str
+    collection: str = "default"
+    dead: int = 0
+    disk_bytes: int = 0
+    trained: bool = False
+    damaged: int = 0
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    name: str
+    index_kind: str
+    params: dict[str, int]
+    model_fingerprint: str
+    dimension: int
+    count: int
+
+
+@dataclass(frozen=True)
+class WriteReport:
+    """What an upsert did: ids new to the collection, ids whose item it replaced, and the count after."""
+    inserted: int
+    replaced: int
+    count: int
+
+    @property
+    def upserted(self) -> int:
+        return self.inserted + self.replaced
 
 
 @dataclass(frozen=True)
 class StoredItem:
-    """A candidate as the index stores it: the vector exactly as it was sent, and its metadata."""
+    """A candidate as the index stores it: the vector exactly as it was sent (None when not asked for), and
+    its metadata."""
     id: str
-    vector: np.ndarray
-    metadata: dict[str, str]
+    vector: np.ndarray | None
+    metadata: dict[str, Scalar]
 
 
 @dataclass(frozen=True)
@@ -50,6 +81,11 @@ class PartialHits:
 
 @dataclass
 class IndexReport:
-    """What index_dataset did: how many rows were indexed, and each row that failed with why."""
+    """What an indexing run did: items written (new and replaced), skipped as already held, and each item
+    that failed with why (by path or id)."""
     indexed: int = 0
+    inserted: int = 0
+    replaced: int = 0
+    skipped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
+    interrupted: bool = False

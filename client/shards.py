@@ -1,13 +1,24 @@
-"""Index shards: writes routed by a stable hash of the id, searches fanned out to all and merged."""
+"""Index shards: writes routed by a stable hash of the id, searches fanned out to all and merged.
+
+Upserts go as atomic calls of at most UPSERT_CALL_ITEMS items (the index's per-call limit), two in flight
+per shard so that building and sending the next call overlaps the index committing the last one.
+"""
 
 import hashlib
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import grpc
 
-from client.errors import Unavailable, translated_errors
+from client.errors import ImgsimError, Unavailable, translated_errors
+from client.filters import fill_metadata
 from imgsim.v1 import index_pb2, index_pb2_grpc
+
+UPSERT_CALL_ITEMS = 16384
+UPSERT_CALL_BYTES = 48 * 1024 * 1024  # of vectors, under the index's 64 MiB per call
+UPSERT_MESSAGE_BYTES = 8 * 1024 * 1024
+MAX_ITEMS_PER_MESSAGE = 4096
+CALLS_IN_FLIGHT = 2
 
 
 def shard_of(item_id: str, shards: int) -> int:
@@ -33,6 +44,20 @@ class FanOut:
     missing_shards: list[str]
 
 
+@dataclass
+class UpsertTotals:
+    inserted: int = 0
+    replaced: int = 0
+    count: int = 0
+
+
+def upsert_calls(rows: Sequence[tuple], positions: list[int], row_bytes: int) -> Iterator[list[int]]:
+    """Positions grouped into calls the index accepts whole."""
+    per_call = max(1, min(UPSERT_CALL_ITEMS, UPSERT_CALL_BYTES // max(row_bytes, 1)))
+    for start in range(0, len(positions), per_call):
+        yield positions[start:start + per_call]
+
+
 class ShardedIndex:
     """One or more index services used as one. With one address it is simply that index."""
 
@@ -48,46 +73,77 @@ class ShardedIndex:
             positions.setdefault(shard_of(item_id, len(self.shards)), []).append(position)
         return positions
 
-    def upsert(self, fingerprint: str, rows: Sequence[tuple[str, bytes, dict[str, str]]], per_message: int) -> int:
-        """Writes each (id, packed vector, metadata) row to its shard, all shards in parallel; returns how many
-        the shards hold in all. Messages are built as gRPC sends them, so building overlaps the index's work."""
+    def _fan(self, method: str, requests: dict[int, object]) -> list[tuple[Shard, object]]:
+        calls = [(self.shards[n], getattr(self.shards[n].stub, method).future(request, timeout=self.timeout))
+                 for n, request in requests.items()]
+        answers = []
+        for shard, call in calls:
+            with translated_errors(shard.name):
+                answers.append((shard, call.result()))
+        return answers
+
+    def upsert(self, collection: str, fingerprint: str, rows: Sequence[tuple[str, bytes, dict]]) -> UpsertTotals:
+        """Writes each (id, packed vector, metadata) row to its shard, in atomic calls, shards in parallel."""
+        row_bytes = len(rows[0][1]) if rows else 0
+        per_message = max(1, min(MAX_ITEMS_PER_MESSAGE, UPSERT_MESSAGE_BYTES // max(row_bytes, 1)))
+
         def messages(positions: list[int]):
             for start in range(0, len(positions), per_message):
-                message = index_pb2.UpsertRequest(model_fingerprint=fingerprint)
+                message = index_pb2.UpsertRequest(model_fingerprint=fingerprint, collection=collection)
                 for position in positions[start:start + per_message]:
                     item_id, vector, metadata = rows[position]
-                    item = message.items.add(id=item_id, metadata=metadata)
+                    item = message.items.add(id=item_id)
                     item.vector.float32_le = vector
+                    fill_metadata(item, metadata)
                 yield message
 
-        calls = [(self.shards[n], self.shards[n].stub.Upsert.future(messages(positions), timeout=self.timeout))
-                 for n, positions in self._by_shard([row[0] for row in rows]).items()]
+        totals = UpsertTotals()
+        pending: dict[int, list] = {n: list(upsert_calls(rows, positions, row_bytes))
+                                    for n, positions in self._by_shard([row[0] for row in rows]).items()}
+        in_flight: list[tuple[Shard, int, object]] = []
         counts = {}
-        for shard, call in calls:
-            with translated_errors(shard.name):
-                counts[shard.number] = call.result().count
-        # Every shard answered with its count: no need to ask again.
-        return sum(counts.values()) if len(counts) == len(self.shards) else self.count()
+        written = 0
+        try:
+            while pending or in_flight:
+                for n in list(pending):
+                    while pending[n] and sum(1 for s, _, _ in in_flight if s.number == n) < CALLS_IN_FLIGHT:
+                        positions = pending[n].pop(0)
+                        call = self.shards[n].stub.Upsert.future(messages(positions), timeout=self.timeout)
+                        in_flight.append((self.shards[n], len(positions), call))
+                    if not pending[n]:
+                        del pending[n]
+                shard, size, call = in_flight.pop(0)
+                with translated_errors(shard.name):
+                    reply = call.result()
+                totals.inserted += reply.inserted
+                totals.replaced += reply.replaced
+                counts[shard.number] = reply.count
+                written += size
+        except ImgsimError as err:
+            for _, _, call in in_flight:
+                call.cancel()
+            err.args = (f"{err.args[0]} ({written} of {len(rows)} items were stored before; each call of at most "
+                        f"{UPSERT_CALL_ITEMS} items is stored whole or not at all, so resending is safe)",)
+            raise
+        totals.count = sum(counts.values()) if len(counts) == len(self.shards) else \
+            sum(s.count for s in self.stats(collection))
+        return totals
 
-    def delete(self, ids: Sequence[str]) -> int:
-        calls = [(self.shards[n], self.shards[n].stub.Delete.future(
-            index_pb2.DeleteRequest(ids=[ids[p] for p in positions]), timeout=self.timeout))
-            for n, positions in self._by_shard(ids).items()]
-        deleted = 0
-        for shard, call in calls:
-            with translated_errors(shard.name):
-                deleted += call.result().deleted
-        return deleted
+    def delete(self, collection: str, ids: Sequence[str]) -> tuple[int, int]:
+        requests = {n: index_pb2.DeleteRequest(ids=[ids[p] for p in positions], collection=collection)
+                    for n, positions in self._by_shard(ids).items()}
+        answers = self._fan("Delete", requests)
+        return sum(a.deleted for _, a in answers), sum(a.count for _, a in answers)
 
-    def get(self, ids: Sequence[str]) -> list[index_pb2.Item]:
-        calls = [(self.shards[n], self.shards[n].stub.Get.future(
-            index_pb2.GetRequest(ids=[ids[p] for p in positions]), timeout=self.timeout))
-            for n, positions in self._by_shard(ids).items()]
-        found = []
-        for shard, call in calls:
-            with translated_errors(shard.name):
-                found += call.result().items
-        return found
+    def get(self, collection: str, ids: Sequence[str], omit_vectors: bool = False) -> tuple[list, list[str]]:
+        requests = {n: index_pb2.GetRequest(ids=[ids[p] for p in positions], collection=collection,
+                                            omit_vectors=omit_vectors)
+                    for n, positions in self._by_shard(ids).items()}
+        items, damaged = [], []
+        for _, answer in self._fan("Get", requests):
+            items += answer.items
+            damaged += answer.damaged_ids
+        return items, damaged
 
     def search(self, request: index_pb2.SearchRequest, allow_partial: bool) -> FanOut:
         """Asks every shard in parallel and merges the top k. A shard that fails fails the search, naming it,
@@ -104,20 +160,36 @@ class ShardedIndex:
                 missing.append(shard.name)
         if not answers:
             raise Unavailable(f"no index shard answered: {', '.join(missing)}", grpc.StatusCode.UNAVAILABLE)
+        if len(answers) == 1:
+            return FanOut([list(result.hits) for result in answers[0].results], missing)
         merged = []
         for per_shard in zip(*(answer.results for answer in answers)):
             hits = [hit for result in per_shard for hit in result.hits]
             merged.append(sorted(hits, key=lambda hit: -hit.score)[:request.k])
         return FanOut(merged, missing)
 
-    def stats(self) -> list[index_pb2.GetStatsResponse]:
-        calls = [(shard, shard.stub.GetStats.future(index_pb2.GetStatsRequest(), timeout=self.timeout))
-                 for shard in self.shards]
-        answers = []
-        for shard, call in calls:
-            with translated_errors(shard.name):
-                answers.append(call.result())
-        return answers
+    def count(self, collection: str, where: index_pb2.Filter | None = None) -> int:
+        request = index_pb2.CountRequest(collection=collection, where=where)
+        return sum(a.count for _, a in self._fan("Count", {s.number: request for s in self.shards}))
 
-    def count(self) -> int:
-        return sum(s.count for s in self.stats())
+    def stats(self, collection: str = "") -> list[index_pb2.GetStatsResponse]:
+        request = index_pb2.GetStatsRequest(collection=collection)
+        return [a for _, a in self._fan("GetStats", {s.number: request for s in self.shards})]
+
+    def scroll(self, collection: str, where, with_vectors: bool, page: int) -> Iterator[index_pb2.Item]:
+        """Every item, shard after shard, each in its stable order."""
+        for shard in self.shards:
+            cursor = ""
+            while True:
+                with translated_errors(shard.name):
+                    answer = shard.stub.Scroll(index_pb2.ScrollRequest(
+                        collection=collection, limit=page, cursor=cursor, where=where, with_vectors=with_vectors),
+                        timeout=self.timeout)
+                yield from answer.items
+                cursor = answer.next_cursor
+                if not cursor:
+                    break
+
+    def everywhere(self, method: str, request) -> list:
+        """The same call on every shard (collection management)."""
+        return [a for _, a in self._fan(method, {s.number: request for s in self.shards})]

@@ -13,7 +13,7 @@ from PIL import Image
 
 from conftest import SHIPPED_MODEL, jpeg_bytes, png_bytes, start_embedder, start_index
 from imgsim import vectors
-from imgsim.serving import ServingConfig
+from imgsim.server.config import ServingConfig
 from imgsim.v1 import embedder_pb2, embedder_pb2_grpc, index_pb2, index_pb2_grpc
 
 FP = "b" * 32
@@ -153,44 +153,6 @@ def test_an_exif_rotated_jpeg_is_embedded_upright(stub, digits):
 
 def index_stub(channel):
     return index_pb2_grpc.IndexStub(channel)
-
-
-def item(item_id: str, vector, metadata=None) -> index_pb2.Item:
-    return index_pb2.Item(id=item_id, vector=vectors.to_proto(np.asarray(vector, dtype=np.float32)),
-                          metadata=metadata or {})
-
-
-@pytest.mark.parametrize("case, bad, words", [
-    ("empty vector", index_pb2.Item(id="e", vector={}), "item 0 (id 'e'): vector is empty"),
-    ("inf", item("i", [1, np.inf, 0, 0]), "NaN or Inf"),
-    ("very long id", item("x" * 257, [1, 0, 0, 0]), "id is 257 bytes, over the limit of 256"),
-    ("too many metadata entries", item("m", [1, 0, 0, 0], {str(i): "v" for i in range(65)}), "65 entries"),
-    ("metadata too large", item("m", [1, 0, 0, 0], {"note": "v" * 5000}), "over the limits of 64 entries and 4096"),
-])
-def test_bad_items_are_refused_with_invalid_argument(index_channel, case, bad, words):
-    with pytest.raises(grpc.RpcError) as caught:
-        index_stub(index_channel).Upsert(iter([index_pb2.UpsertRequest(model_fingerprint=FP, items=[bad])]))
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert words in caught.value.details()
-
-
-def test_duplicate_ids_in_one_upsert_stream_the_last_wins(index_channel):
-    stub = index_stub(index_channel)
-    messages = [index_pb2.UpsertRequest(model_fingerprint=FP, items=[item("dup", [1, 0, 0, 0], {"v": "1"}),
-                                                                     item("dup", [0, 1, 0, 0], {"v": "2"})]),
-                index_pb2.UpsertRequest(model_fingerprint=FP, items=[item("dup", [0, 0, 1, 0], {"v": "3"})])]
-    assert stub.Upsert(iter(messages)).count == 1
-    stored = stub.Get(index_pb2.GetRequest(ids=["dup"])).items[0]
-    assert dict(stored.metadata) == {"v": "3"}
-    np.testing.assert_array_equal(vectors.from_proto(stored.vector), [0, 0, 1, 0])
-
-
-def test_a_filter_on_an_unknown_key_matches_nothing(index_channel):
-    stub = index_stub(index_channel)
-    stub.Upsert(iter([index_pb2.UpsertRequest(model_fingerprint=FP, items=[item("a", [1, 0, 0, 0])])]))
-    response = stub.Search(index_pb2.SearchRequest(model_fingerprint=FP, k=3, queries=[vectors.to_proto(
-        np.ones(4, dtype=np.float32))], filter=[index_pb2.MetadataCondition(key="colour", any_of=["red"])]))
-    assert len(response.results) == 1 and len(response.results[0].hits) == 0
 
 
 @pytest.mark.parametrize("service", ["embedder", "index"])

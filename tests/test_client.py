@@ -17,7 +17,8 @@ def client(embedder, index):
 def test_added_images_are_found_first_by_themselves(client, digits):
     images = [digits["train"][i]["image"] for i in range(40)]
     ids = [f"train-{i}" for i in range(40)]
-    assert client.add(images, ids, [{"label": str(digits["train"][i]["labels"])} for i in range(40)]) == 40
+    report = client.add(images, ids, [{"label": str(digits["train"][i]["labels"])} for i in range(40)])
+    assert (report.inserted, report.replaced, report.count) == (40, 0, 40)
     found = client.search(images[:10], k=3)
     assert [hits[0].id for hits in found] == ids[:10]
     assert all(hits[0].score == pytest.approx(1.0, abs=1e-4) for hits in found)
@@ -40,15 +41,17 @@ def test_embedding_fn_works_with_dataset_map_batched_as_in_the_write_up(client, 
     np.testing.assert_allclose(embeddings, client.embed(list(subset["image"])), rtol=1e-5, atol=1e-6)
 
 
-def test_index_dataset_streams_every_row_with_label_and_source(client, digits):
-    subset = digits["train"].select(range(130))
+def test_index_dataset_streams_every_row_with_its_label_name_and_source(client, digits):
+    subset = digits["train"].shuffle(seed=42).select(range(130))
     report = client.index_dataset(subset, label_column="labels", batch_size=32, progress=False)
     assert report.indexed == 130 and report.failed == []
     assert client.stats().count == 130
     hit = client.search(subset[17]["image"], k=1)[0]
-    assert hit.id == "17"
-    assert hit.metadata["label"] == str(subset[17]["labels"])
-    assert hit.metadata["source"].endswith("/17")
+    assert hit.score == pytest.approx(1.0, abs=1e-4)
+    assert hit.metadata["label"] == digits["train"].features["labels"].int2str(subset[17]["labels"])
+    # The source names the row as loaded, not its place after shuffle and select.
+    source_row = int(hit.metadata["source"].rsplit("/", 1)[1])
+    assert source_row != 17 and digits["train"][source_row]["image"].tobytes() == subset[17]["image"].tobytes()
 
 
 def test_embed_of_a_bad_image_raises_the_sdk_exception_with_its_status_code(client):
@@ -75,7 +78,8 @@ def test_index_dataset_keeps_good_rows_and_reports_bad_ones(client, digits, tmp_
     dataset = Dataset.from_dict(table, features=Features({"image": Image(), "labels": Value("string")}))
     report = client.index_dataset(dataset, progress=False)
     assert report.indexed == 1
-    assert [item_id for item_id, _ in report.failed] == ["1"]
+    assert [where for where, _ in report.failed] == ["dataset/split row 1"]
+    assert "not a recognised image format" in report.failed[0][1]
 
 
 def test_client_spreads_over_several_embedder_replicas_and_still_answers(embedder, tmp_path, digits):

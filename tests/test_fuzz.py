@@ -83,18 +83,36 @@ items = st.builds(index_pb2.Item, id=st.text(max_size=300),
                   metadata=st.dictionaries(st.text(max_size=40), st.text(max_size=300), max_size=80))
 
 
+typed_values = st.one_of(st.builds(index_pb2.Value, string_value=st.text(max_size=40)),
+                         st.builds(index_pb2.Value, int_value=st.integers(-2**63, 2**63 - 1)),
+                         st.builds(index_pb2.Value, float_value=st.floats(allow_nan=True, allow_infinity=True)),
+                         st.builds(index_pb2.Value, bool_value=st.booleans()), st.just(index_pb2.Value()))
+
+
 @FUZZ
-@given(request=st.builds(index_pb2.UpsertRequest, model_fingerprint=st.text(max_size=40),
-                         items=st.lists(items, max_size=6)))
-def test_upsert_validation_accepts_or_refuses_with_a_domain_error(request):
+@given(messages=st.lists(st.builds(index_pb2.UpsertRequest, model_fingerprint=st.text(max_size=40),
+                                   items=st.lists(st.builds(index_pb2.Item, id=st.text(max_size=300),
+                                                            vector=vectors_bytes.map(
+                                                                lambda b: common_pb2.Vector(float32_le=b)),
+                                                            metadata=st.dictionaries(st.text(max_size=40),
+                                                                                     st.text(max_size=300), max_size=70),
+                                                            typed_metadata=st.dictionaries(st.text(max_size=20),
+                                                                                           typed_values, max_size=4)),
+                                                  max_size=6)), min_size=1, max_size=3))
+def test_upsert_validation_accepts_or_refuses_with_a_domain_error(messages):
+    call = validation.UpsertCall()
     try:
-        checked = validation.upsert_items(request, first_position=0)
+        for message in messages:
+            call.add(message)
+        items = call.items()
     except IndexServiceError:
         return
-    assert len(checked) == len(request.items)
-    for item in checked:
-        assert item.id and np.isfinite(item.vector).all() and np.any(item.vector)
-        assert len({len(i.vector) for i in checked}) == 1
+    assert call.fingerprint
+    assert len(set(items.ids)) == len(items.ids) and all(items.ids)
+    assert items.raw.shape[0] == len(items.ids) and np.isfinite(items.raw).all()
+    norms = np.linalg.norm(items.raw.astype(np.float64), axis=1)
+    assert ((norms >= 1e-15) & (norms <= 1e15)).all()
+    np.testing.assert_allclose(np.linalg.norm(items.unit, axis=1), 1.0, rtol=1e-5)
 
 
 @FUZZ
@@ -105,9 +123,10 @@ def test_upsert_validation_accepts_or_refuses_with_a_domain_error(request):
                                                    any_of=st.lists(st.text(max_size=10), max_size=3)), max_size=3)))
 def test_search_validation_accepts_or_refuses_with_a_domain_error(request):
     try:
-        queries, conditions = validation.search_queries(request)
+        queries = validation.search_queries(request)
+        where = validation.where_of(request.filter, None)
     except IndexServiceError:
         return
     assert 1 <= request.k <= validation.MAX_K
     assert queries.ndim == 2 and np.isfinite(queries).all() and np.all(np.any(queries, axis=1))
-    assert all(key and values for key, values in conditions)
+    assert (where is None) == (not request.filter)

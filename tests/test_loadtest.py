@@ -45,8 +45,10 @@ def test_the_protoset_describes_both_services():
 def test_loadtest_of_search_at_32_way_concurrency_has_no_errors(embedder, index, digits, capsys):
     with SimilarityClient(embedder=f"127.0.0.1:{embedder.port}", index=f"127.0.0.1:{index.port}") as client:
         client.index_dataset(digits["train"].select(range(300)), progress=False)
-    imgsim(["loadtest", f"127.0.0.1:{index.port}", "--call", "imgsim.v1.Index/Search", "-D",
-            str(LOADTEST / "data" / "search.json"), "-c", "32", "-n", "3000"])
+    with pytest.raises(SystemExit) as exited:
+        imgsim(["loadtest", f"127.0.0.1:{index.port}", "--call", "imgsim.v1.Index/Search", "-D",
+                str(LOADTEST / "data" / "search.json"), "-c", "32", "-n", "3000"])
+    assert exited.value.code == 0
     out = capsys.readouterr().out
     assert "  Count:        3000" in out
     assert "  [OK]   3000 responses" in out
@@ -56,8 +58,10 @@ def test_loadtest_of_search_at_32_way_concurrency_has_no_errors(embedder, index,
 @pytest.mark.parametrize("call, data", [("imgsim.v1.Embedder/Embed", "embed.json"),
                                         ("imgsim.v1.Embedder.EmbedStream", "embed_stream.json")])
 def test_loadtest_of_the_embedder_calls_has_no_errors(embedder, call, data, capsys):
-    imgsim(["loadtest", f"127.0.0.1:{embedder.port}", "--call", call, "-D", str(LOADTEST / "data" / data),
-            "-c", "32", "-n", "200"])
+    with pytest.raises(SystemExit) as exited:
+        imgsim(["loadtest", f"127.0.0.1:{embedder.port}", "--call", call, "-D", str(LOADTEST / "data" / data),
+                "-c", "32", "-n", "200"])
+    assert exited.value.code == 0
     assert "  [OK]   200 responses" in capsys.readouterr().out
 
 

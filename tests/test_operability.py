@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from certificates import issue, make_ca
 from client import ClientTls, InvalidArgument, SimilarityClient, Unauthenticated, Unavailable
 from conftest import ROOT, SHIPPED_MODEL, png_bytes, start_embedder, start_index
-from imgsim.serving import ServingConfig
+from imgsim.server.config import ServingConfig
 from imgsim.v1 import embedder_pb2, embedder_pb2_grpc, index_pb2, index_pb2_grpc
 
 
@@ -141,12 +141,12 @@ def test_metrics_endpoints_show_the_counters_moving(tmp_path, digits):
     assert after["imgsim_embedder_batch_size_count"] > 0
     assert after["imgsim_embedder_queue_wait_seconds_count"] >= 15
     assert "imgsim_embedder_queue_depth" in after
-    assert index_metrics["imgsim_index_vectors"] == 12
+    assert index_metrics['imgsim_index_vectors{collection="default"}'] == 12
     assert index_metrics['imgsim_requests_total{code="INVALID_ARGUMENT",method="/imgsim.v1.Index/Search"}'] == 1
     assert index_metrics['imgsim_index_search_seconds_count{exact="false",kind="flat"}'] >= 1
     assert 'imgsim_request_seconds_bucket{code="OK",le="0.5",method="/imgsim.v1.Index/Upsert"}' in index_metrics
-    assert "imgsim_index_log_bytes" in index_metrics
-    assert "imgsim_index_last_snapshot_timestamp_seconds" in index_metrics
+    assert 'imgsim_index_log_bytes{collection="default"}' in index_metrics
+    assert 'imgsim_index_last_snapshot_timestamp_seconds{collection="default"}' in index_metrics
 
 
 def test_json_logs_have_one_line_per_request_without_payloads(tmp_path):

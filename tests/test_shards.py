@@ -6,9 +6,14 @@ import pytest
 from client import SimilarityClient, Unavailable
 from client.shards import shard_of
 from conftest import start_index
-from test_index_kinds import candidates_and_queries
+from indexing import clustered
 
 FP = "s" * 32
+
+
+def candidates_and_queries(n: int, n_queries: int, d: int) -> tuple[np.ndarray, np.ndarray]:
+    both = clustered(n + n_queries, d)
+    return both[:n], both[n:]
 
 
 @pytest.fixture
@@ -35,7 +40,7 @@ def test_sharded_search_is_congruent_with_one_index(shards, single):
     ids = [f"item-{i}" for i in range(900)]
     metadata = [{"label": str(i % 3)} for i in range(900)]
     with SimilarityClient(index=addresses(shards)) as sharded, SimilarityClient(index=addresses([single])) as one:
-        assert sharded.upsert(ids, candidates, metadata, fingerprint=FP) == 900
+        assert sharded.upsert(ids, candidates, metadata, fingerprint=FP).count == 900
         one.upsert(ids, candidates, metadata, fingerprint=FP)
         for where in (None, {"label": ["1"]}):
             got = sharded.search_vectors(queries, k=10, where=where, fingerprint=FP)
