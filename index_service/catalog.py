@@ -63,6 +63,15 @@ def record_crc(row: int, item_id: str, metadata_json: str, vector_crc: int) -> i
     return zlib.crc32(f"{row}\0{item_id}\0{metadata_json}\0{vector_crc}".encode())
 
 
+def give_back_free_pages(db: sqlite3.Connection) -> None:
+    """Shrinks the file by its free pages (auto_vacuum=INCREMENTAL). Through Python's sqlite3 each execution of
+    the pragma frees a single page, so it runs once per free page."""
+    free = db.execute("PRAGMA freelist_count").fetchone()[0]
+    for _ in range(free):
+        db.execute("PRAGMA incremental_vacuum").fetchall()
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
 def storage_error(err: sqlite3.Error, path: Path) -> Exception:
     """The domain error for an SQLite failure, by its result code."""
     code = getattr(err, "sqlite_errorcode", None)
@@ -81,20 +90,23 @@ class Catalog:
 
     def __init__(self, path: Path):
         self.path = path
-        self._db = self._connect(cache_kib=65536)
-        self._db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # only takes effect on a new file
         try:
+            self._db = self._connect(cache_kib=65536)
+            self._db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # only takes effect on a new file
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = FULL")
             self._db.executescript(SCHEMA)
+            self.settings = dict(self._db.execute("SELECT key, value FROM settings"))
+            self.key_counts = dict(self._db.execute("SELECT key, items FROM meta_keys WHERE items > 0"))
         except sqlite3.Error as err:
-            raise storage_error(err, path) from None
+            error = storage_error(err, path)
+            if isinstance(error, StorageFull):
+                error = StorageFull(f"cannot open {path}: the disk is full; free some space and start again")
+            raise error from None
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
-        self.settings = dict(self._db.execute("SELECT key, value FROM settings"))
         self.seq = int(self.settings.get("seq", 0))
-        self.key_counts = dict(self._db.execute("SELECT key, items FROM meta_keys WHERE items > 0"))
 
     def _connect(self, cache_kib: int) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=60)
@@ -280,11 +292,21 @@ class Catalog:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
-            db.execute("PRAGMA incremental_vacuum")
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            give_back_free_pages(db)
         except sqlite3.Error as err:
             raise storage_error(err, self.path) from None
         return len(old)
+
+    def vacuum(self) -> None:
+        """Gives free pages back to the file system when they are over a tenth of the file (replacements and
+        deletes free pages), so the catalog's size follows what it holds."""
+        try:
+            pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+            free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+            if free > max(16, pages // 10):
+                give_back_free_pages(self._db)
+        except sqlite3.Error as err:
+            raise storage_error(err, self.path) from None
 
     def rows_beyond(self, end: int) -> list[int]:
         """Rows at or past `end` that hold a record (compaction moves the live ones, purges the rest)."""
@@ -302,6 +324,7 @@ class Catalog:
             self._delete_meta(self._db, old)
             self._db.executemany("DELETE FROM items WHERE row = ? AND dead_seq IS NOT NULL", [(r,) for r, _ in old])
             self._db.execute("COMMIT")
+            give_back_free_pages(self._db)
         except sqlite3.Error as err:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")

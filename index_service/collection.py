@@ -22,15 +22,15 @@ from index_service import snapshot
 from index_service.catalog import Catalog, NewRecord
 from index_service.config import KindParams, params_from_dict
 from index_service.errors import (Cancelled, DeadlineExceeded, DimensionMismatch, IndexServiceError,
-                                  InvalidArgument, ModelMismatch, StorageFull)
+                                  InvalidArgument, ModelMismatch, NotReady, StorageFull)
 from index_service.id_table import IdTable, id_hashes
 from index_service.kinds import STRUCTURES, Structure
 from index_service.exact import empty_result, merge, search_matrix, unit_rows
 from index_service.kinds.ivfpq import exact_from_file
-from index_service.loading import load_memory
+from index_service.loading import check_catalog_complete, load_memory
 from index_service.locks import ReadWriteLock
 from index_service.rows import RowAllocator
-from index_service.vector_file import VectorFile, crc32_rows
+from index_service.vector_file import VectorFile, crc32_rows, read_header
 from index_service.writes import WriteOp, Writer
 
 log = logging.getLogger(__name__)
@@ -112,12 +112,16 @@ class Collection:
         self.training = None  # ivfpq: the background training run's change log, while one runs
         self.scrub_needed = False  # rows loaded from a snapshot whose vectors were not read yet
         self.closed = False
+        self.recovering = False
         self.writer: Writer | None = None
 
     # Opening and closing.
 
     def load(self, stopping: threading.Event | None = None) -> None:
         started = time.monotonic()
+        path = self.folder / VECTOR_FILE
+        if path.exists() and path.stat().st_size:
+            check_catalog_complete(self, read_header(path)[1])
         if self.dimension:
             self._open_vectors(self.dimension)
             load_memory(self, stopping)
@@ -186,6 +190,8 @@ class Collection:
                 return
             try:
                 self._commit(plan)
+            except Superseded:
+                return
             except BaseException as err:
                 self.rows.give_back(plan.new_rows)
                 for op in plan.ops:
@@ -193,7 +199,22 @@ class Collection:
                 if not isinstance(err, IndexServiceError):
                     raise
                 return
-            self._publish(plan)
+            try:
+                self._publish(plan)
+            except BaseException:
+                self.recover("publishing a committed write failed")
+                self._settle(plan)
+
+    def _still_wanted(self, plan: "Plan") -> bool:
+        """Checked once more right before the commit point (the vectors are written by now, which gives a
+        cancellation time to arrive): if a caller left meanwhile, the group is planned again without it."""
+        if not any(op.expired() for op in plan.ops):
+            return True
+        self.rows.give_back(plan.new_rows)
+        kept = self._admissible(plan.ops)
+        if kept:
+            self._apply(kept)
+        return False
 
     def _admissible(self, ops: list[WriteOp]) -> list[WriteOp]:
         """Drops ops whose caller is gone or out of time, and upserts of another model (a group's first
@@ -259,6 +280,8 @@ class Collection:
                 settings = {"fingerprint": plan.fixes_model[0], "dimension": str(plan.fixes_model[1])}
         if self.vectors is not None:
             self.vectors.sync(seq)
+        if not self._still_wanted(plan):
+            raise Superseded()
         records = [NewRecord(int(row), item_id, metadata, int(crc)) for row, item_id, metadata, crc in
                    zip(plan.new_rows, plan.new_ids(), plan.new_metadata(), plan.new_crcs())]
         ended = [(int(row), plan.ended_metadata.get(int(row), {})) for row in plan.ended_rows()]
@@ -298,6 +321,23 @@ class Collection:
     def _settle(self, plan: "Plan") -> None:
         for op, result in plan.results(self.count):
             op.future.set_result(result)
+
+    def recover(self, why: str) -> None:
+        """After a failure past the commit point, memory may disagree with the store: reload it from the store
+        (under the write mutex and the exclusive lock; searches wait meanwhile)."""
+        log.exception("collection %r: %s; reloading it from the store", self.name, why)
+        with self.write_mutex:
+            with self.lock.exclusive():
+                self.recovering = True
+            try:
+                load_memory(self)
+                self._filter_cache.clear()
+            finally:
+                self.recovering = False
+
+    def _check_readable(self) -> None:
+        if self.recovering:
+            raise NotReady(f"collection {self.name!r} is reloading from its store after an internal error; retry")
 
     # Reading.
 
@@ -340,6 +380,7 @@ class Collection:
                exact: bool = False) -> list[list[Hit]]:
         unit = unit_rows(queries)
         with self.lock.shared():
+            self._check_readable()
             self.check_model(fingerprint, queries.shape[1])
             if self.count == 0 or self.structure is None:
                 return [[] for _ in queries]
@@ -389,6 +430,7 @@ class Collection:
         unique = list(dict.fromkeys(item_ids))
         high, low = id_hashes(unique)
         with self.lock.shared():
+            self._check_readable()
             rows = self.ids.lookup(high, low)
             held = [(item_id, int(row)) for item_id, row in zip(unique, rows) if row >= 0]
             records, damaged_rows = self.catalog.records([row for _, row in held])
@@ -419,6 +461,7 @@ class Collection:
         """The next `limit` items in the order of their id hash after `cursor`; the cursor of the last one
         returned (None at the end)."""
         with self.lock.shared():
+            self._check_readable()
             high, low, rows = self.ids.entries()
             keep = ~np.isin(rows, np.fromiter(self.damaged, np.int64)) if self.damaged else np.ones(len(rows), bool)
             if where is not None:
@@ -444,6 +487,7 @@ class Collection:
 
     def count_where(self, where: flt.Filter | None) -> int:
         with self.lock.shared():
+            self._check_readable()
             return self.count if where is None else len(self.allowed_rows(where))
 
     def stats(self) -> Stats:
@@ -467,6 +511,7 @@ class Collection:
             if not self.structure.snapshots_state:  # rebuilt from the vector file at every start
                 self.snapshot_seq, self.changes_since_snapshot = seq, 0
                 self.rows.snapshot_taken()
+                self.catalog.vacuum()
                 return False
             with self.lock.shared():
                 arrays, blobs, info = self.structure.state()
@@ -483,8 +528,13 @@ class Collection:
             self.changes_since_snapshot -= changes
             self.rows.give_back(released)
             self.rows.awaiting_snapshot = np.setdiff1d(self.rows.awaiting_snapshot, released)
+            self.catalog.vacuum()
         log.info("collection %r: snapshot %d written in %.2f s", self.name, seq, time.monotonic() - started)
         return True
+
+
+class Superseded(Exception):
+    """A planned write group was replaced by a new plan without the callers that left."""
 
 
 class Plan:

@@ -16,6 +16,7 @@ from index_service.rows import RowAllocator
 from index_service.vector_file import crc32_rows
 
 log = logging.getLogger(__name__)
+ADD_CHUNK = 4096  # rows between checks for a stop signal
 
 
 class LoadAborted(Exception):
@@ -27,14 +28,20 @@ def check_not_stopping(stopping: threading.Event | None) -> None:
         raise LoadAborted("stopped while loading")
 
 
-def load_memory(collection, stopping: threading.Event | None = None) -> None:
-    catalog, vectors = collection.catalog, collection.vectors
-    if vectors.durable_seq > catalog.seq + 1:
+def check_catalog_complete(collection, durable_seq: int) -> None:
+    """The vector file records the last write made durable (just before its catalog commit): a catalog that
+    ends earlier than that lost committed writes."""
+    catalog = collection.catalog
+    if durable_seq > catalog.seq + 1:
         raise CatalogDamaged(
-            f"collection {collection.name!r}: its vector file records write {vectors.durable_seq} but the catalog "
-            f"ends at write {catalog.seq}: committed writes are missing (was {catalog.path.name}-wal deleted "
-            "or restored from an older copy?). Restore the catalog's -wal file, or move the collection's folder "
-            "aside and import a backup (imgsim export/import).")
+            f"collection {collection.name!r}: its vector file records write {durable_seq} but the catalog ends at "
+            f"write {catalog.seq}: committed writes are missing (was {catalog.path.name}-wal deleted or the "
+            "catalog restored from an older copy?). Restore the catalog's -wal file, or move the collection's "
+            "folder aside and import a backup (imgsim export/import).")
+
+
+def load_memory(collection, stopping: threading.Event | None = None) -> None:
+    catalog = collection.catalog
     structure_kind = STRUCTURES[collection.kind]
     found = snapshot.newest(collection.folder / "snapshots") if structure_kind.snapshots_state else None
     if found and found[0] > catalog.seq:
@@ -55,10 +62,11 @@ def load_memory(collection, stopping: threading.Event | None = None) -> None:
         collection.take_snapshot()
 
 
-def add_rows(collection, structure, rows: np.ndarray, crcs: np.ndarray) -> list[int]:
+def add_rows(collection, structure, rows: np.ndarray, crcs: np.ndarray, stopping=None) -> list[int]:
     """Reads, verifies and adds live rows (sorted) to a structure nothing searches yet; returns the damaged."""
     damaged = []
-    for part, raw in collection.vectors.scan(rows):
+    for part, raw in collection.vectors.scan(rows, ADD_CHUNK):
+        check_not_stopping(stopping)
         expected = crcs[np.searchsorted(rows, part)]
         good = crc32_rows(raw) == expected
         damaged += part[~good].tolist()
@@ -72,7 +80,7 @@ def rebuild(collection, stopping) -> None:
     all_rows, highs, lows, damaged = [], [], [], []
     for rows, item_ids, crcs in collection.catalog.live_rows():
         check_not_stopping(stopping)
-        damaged += add_rows(collection, structure, rows, crcs)
+        damaged += add_rows(collection, structure, rows, crcs, stopping)
         high, low = id_hashes(item_ids)
         all_rows.append(rows)
         highs.append(high)
@@ -102,7 +110,7 @@ def restore(collection, seq: int, info: dict, arrays: dict, blobs: dict, stoppin
         check_not_stopping(stopping)
         rows = np.asarray([row for row, _, _ in live], dtype=np.int64)
         crcs = np.asarray([crc for _, _, crc in live], dtype=np.int64)
-        damaged |= set(add_rows(collection, structure, rows, crcs))
+        damaged |= set(add_rows(collection, structure, rows, crcs, stopping))
         high, low = id_hashes([item_id for _, item_id, _ in live])
         ids.put(high, low, rows)
     collection.structure, collection.ids, collection.damaged = structure, ids, damaged

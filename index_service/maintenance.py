@@ -235,11 +235,15 @@ class Maintenance:
         c.catalog.commit(seq, [NewRecord(int(n), r.id, r.metadata, int(crc)) for n, r, crc in zip(new, moved, crcs)],
                          [(r.row, r.metadata) for r in moved])
         high, low = id_hashes([r.id for r in moved])
-        with c.lock.exclusive():
-            c.structure.relocate(old, new, unit_rows(raw))
-            c.ids.put(high, low, new)
-            c.generation += 1
-            c._live_rows = None
+        try:
+            with c.lock.exclusive():
+                c.structure.relocate(old, new, unit_rows(raw))
+                c.ids.put(high, low, new)
+                c.generation += 1
+                c._live_rows = None
+        except Exception:
+            c.recover("moving committed rows failed")
+            return
         if not c.structure.keeps_ended():
             c.rows.give_back(old)
         c.changes_since_snapshot += len(old)

@@ -12,16 +12,17 @@ import time
 import uuid
 from pathlib import Path
 
+from index_service import snapshot
 from index_service.catalog import Catalog
 from index_service.collection import CATALOG_FILE, Collection
-from index_service.config import DEFAULT_COLLECTION, KindParams, params_with
+from index_service.config import DEFAULT_COLLECTION, BadParams, KindParams, params_with
 from index_service.errors import CollectionExists, CollectionNotFound, InvalidArgument, StorageFull
 from index_service.locks import DataDirLock
 from index_service.maintenance import Maintenance
 
 log = logging.getLogger(__name__)
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
-RESERVE_BYTES = 16 * 1024 * 1024
+RESERVE_BYTES = 16 * 1024 * 1024  # at most; on a small disk 2% of it (a delete's log pages need far less)
 FORMAT = "2"
 
 
@@ -65,7 +66,7 @@ class StorageBudget:
         self.restore_reserve()
 
     def used(self) -> int:
-        return sum(p.stat().st_size for p in self.data_dir.rglob("*") if p.is_file() and p != self.reserve)
+        return snapshot.disk_bytes(self.data_dir) - (self.reserve.stat().st_size if self.reserve.exists() else 0)
 
     def check(self, more_bytes: int) -> None:
         if self.max_bytes is not None:
@@ -80,16 +81,17 @@ class StorageBudget:
             self.reserve.unlink()
         except FileNotFoundError:
             return False
-        log.warning("the index's disk is full: gave up the %d-byte space reserve so deletes can commit",
-                    RESERVE_BYTES)
+        log.warning("the index's disk is full: gave up its space reserve so deletes can commit")
         return True
 
     def restore_reserve(self) -> None:
         if self.reserve.exists():
             return
+        disk = os.statvfs(self.data_dir)
+        size = min(RESERVE_BYTES, max(64 * 1024, disk.f_blocks * disk.f_frsize // 50))
         try:
             with self.reserve.open("wb") as file:
-                os.posix_fallocate(file.fileno(), 0, RESERVE_BYTES)
+                os.posix_fallocate(file.fileno(), 0, size)
         except OSError as err:
             self.reserve.unlink(missing_ok=True)
             if err.errno not in (errno.ENOSPC, errno.EDQUOT):
@@ -141,7 +143,10 @@ class Registry:
                dimension: int = 0, exist_ok: bool = False) -> tuple[Collection, bool]:
         check_name(name)
         kind = kind or self.default_kind
-        params = params_with(self.default_params, overrides or {})
+        try:
+            params = params_with(self.default_params, overrides or {})
+        except BadParams as err:
+            raise InvalidArgument(str(err)) from None
         with self._changing:
             existing = self.collections.get(name)
             if existing is not None:

@@ -81,7 +81,11 @@ async def start(config: IndexConfig, stopping: threading.Event | None = None) ->
         registry.close()
         work.shutdown(wait=True)
 
-    return IndexServer(server, port, health, config.serving, metrics, metrics_port, close, servicer=servicer)
+    def cutting() -> None:
+        servicer.cut = True
+
+    return IndexServer(server, port, health, config.serving, metrics, metrics_port, close, cutting,
+                       servicer=servicer)
 
 
 def open_registry(config: IndexConfig, stopping: threading.Event | None) -> Registry:

@@ -15,7 +15,7 @@ from index_service import metadata as meta
 from index_service import validation
 from index_service.collection import Collection
 from index_service.config import KINDS, MAX_DIMENSION
-from index_service.errors import InvalidArgument, NotReady, status_for
+from index_service.errors import Cancelled, DeadlineExceeded, InvalidArgument, NotReady, status_for
 from index_service.id_table import hash_cursor, parse_cursor
 from index_service.writes import WriteOp
 
@@ -23,6 +23,28 @@ from index_service.writes import WriteOp
 def deadline_of(context) -> float | None:
     remaining = context.time_remaining()
     return None if remaining is None or remaining > 1e6 else time.monotonic() + remaining
+
+
+# A call whose deadline is this close when its last message arrives cannot be committed and answered in
+# time (and a client whose deadline passed may already be gone while the server still counts a few ms).
+COMMIT_MARGIN_S = 0.05
+
+
+async def still_open(context, cut: bool) -> None:
+    """grpc.aio ends a client stream the same way whether the client closed it or the call was cancelled,
+    ran out of time or was cut by the server's shutdown; a cancellation reaches the handler a few loop turns
+    later. A write must not commit for a call that is gone: let a cancellation arrive, and refuse a call
+    whose deadline has passed or that the shutdown is cutting."""
+    for _ in range(8):
+        await asyncio.sleep(0)
+    if cut:
+        raise Cancelled("the server is stopping and cut the call before it committed; nothing was kept")
+    remaining = context.time_remaining()
+    if remaining is not None and remaining < COMMIT_MARGIN_S:
+        raise DeadlineExceeded("the deadline passed (or was too close to commit in time) when the call's last "
+                               "message arrived; nothing was kept")
+    if context.cancelled():
+        raise Cancelled("the call was cancelled before it committed; nothing was kept")
 
 
 def item_message(item, with_vector: bool) -> index_pb2.Item:
@@ -52,6 +74,7 @@ class IndexServicer(index_pb2_grpc.IndexServicer):
         self.stream_idle_s = stream_idle_s
         self.search_seconds = search_seconds  # a histogram labelled by kind and exactness, or None
         self.registry = None  # set once the data directory is loaded
+        self.cut = False  # set when shutdown is about to cut the calls still open
 
     async def _run(self, context, function, *args):
         """Runs blocking work in the pool; any error ends the call with its mapped status."""
@@ -63,6 +86,16 @@ class IndexServicer(index_pb2_grpc.IndexServicer):
             code, message = status_for(err)
             await context.abort(code, message)
 
+    @staticmethod
+    def _write_op(context, **fields) -> WriteOp:
+        """A write that is dropped before its commit if its call ends first (cancelled, past its deadline, cut
+        by shutdown): the client then hears an error, and nothing of the write is kept."""
+        op = WriteOp(deadline=deadline_of(context), **fields)
+        context.add_done_callback(lambda _: op.abandoned.set())
+        if context.cancelled():
+            op.abandoned.set()
+        return op
+
     def _collection(self, name: str) -> Collection:
         return self.registry.get(name)
 
@@ -71,12 +104,13 @@ class IndexServicer(index_pb2_grpc.IndexServicer):
         try:
             async for request in idle_limited(request_iterator, self.stream_idle_s):
                 await self._run(context, call.add, request)
+            await still_open(context, self.cut)
         except Exception as err:
             if isinstance(err, grpc.aio.AbortError):
                 raise
             code, message = status_for(err)
             await context.abort(code, message)
-        op = WriteOp(fingerprint=call.fingerprint, deadline=deadline_of(context))
+        op = self._write_op(context, fingerprint=call.fingerprint)
 
         def prepare():
             op.items = call.items()
@@ -95,7 +129,7 @@ class IndexServicer(index_pb2_grpc.IndexServicer):
                                         inserted=result.inserted, replaced=result.replaced)
 
     async def Delete(self, request, context):
-        op = WriteOp(deadline=deadline_of(context))
+        op = self._write_op(context)
 
         def prepare():
             op.delete_ids = validation.request_ids(request.ids, "delete", validation.MAX_DELETE_IDS)

@@ -112,6 +112,11 @@ def read(folder: Path) -> tuple[dict, dict[str, np.ndarray], dict[str, bytes]]:
 
 
 def disk_bytes(root: Path) -> int:
-    if not root.is_dir():
-        return 0
-    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    """Bytes of the files under `root`; files that vanish while it looks (a snapshot being replaced) count 0."""
+    total = 0
+    for path in root.rglob("*") if root.is_dir() else ():
+        try:
+            total += path.stat().st_size if path.is_file() else 0
+        except FileNotFoundError:
+            pass
+    return total

@@ -31,6 +31,15 @@ class VectorFileError(Exception):
     """The file is not a vector file of this dimension."""
 
 
+def read_header(path: Path) -> tuple[int, int]:
+    """(dimension, last durable sequence number) of a vector file."""
+    with path.open("rb") as file:
+        magic, dimension, seq = HEADER.unpack(file.read(HEADER.size).ljust(HEADER.size, b"\0"))
+    if magic != MAGIC:
+        raise VectorFileError(f"{path} is not an imgsim vector file (bad header)")
+    return dimension, seq
+
+
 def crc32_rows(matrix: np.ndarray) -> np.ndarray:
     """CRC-32 of each row's little-endian float32 bytes."""
     rows = np.ascontiguousarray(matrix, dtype="<f4")

@@ -40,8 +40,8 @@ class Structure:
         """Under the exclusive lock: staged rows become searchable, `ended` rows stop being searchable."""
         raise NotImplementedError
 
-    def relocate(self, old_rows: np.ndarray, new_rows: np.ndarray) -> None:
-        """Under the exclusive lock: the same vectors now live at new rows (compaction)."""
+    def relocate(self, old_rows: np.ndarray, new_rows: np.ndarray, unit: np.ndarray | None = None) -> None:
+        """Under the exclusive lock: the same vectors (`unit`) now live at new rows (compaction)."""
         raise NotImplementedError
 
     def keeps_ended(self) -> bool:

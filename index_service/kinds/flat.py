@@ -87,7 +87,7 @@ class FlatStructure(Structure):
         self.position_row[end:self.n] = -1
         self.n = end
 
-    def relocate(self, old_rows: np.ndarray, new_rows: np.ndarray) -> None:
+    def relocate(self, old_rows: np.ndarray, new_rows: np.ndarray, unit: np.ndarray | None = None) -> None:
         self._reserve(self.n, int(new_rows.max()))
         positions = self.row_position[old_rows]
         self.row_position[old_rows] = -1
