@@ -27,6 +27,7 @@ HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # HTTP/2 flow-control window per stream and connection. gRPC's default BDP probing starts at 64 KiB and
 # grows slowly, which throttles many concurrent streams of large messages on one connection (ghz's default).
 FLOW_CONTROL_WINDOW = 8 * 1024 * 1024
+CUT_MARGIN_S = 0.1
 
 
 class PortInUse(RuntimeError):
@@ -143,6 +144,9 @@ class RunningServer:
     metrics: Metrics
     metrics_port: int | None
     close: Callable[[], None]
+    # Called just before calls still open at the end of the grace are cut: a service can refuse to commit
+    # work for them (grpc.aio ends a cut call's request stream as if the client had closed it).
+    cutting: Callable[[], None] = lambda: None
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
     loop_thread: threading.Thread | None = None
     stopped: bool = False
@@ -155,7 +159,12 @@ class RunningServer:
         self.stopped = True
         await self.health.set_serving(False)
         await asyncio.sleep(self.serving.drain_s)
-        await self.server.stop(self.serving.grace_s if grace_s is None else grace_s)
+        grace = self.serving.grace_s if grace_s is None else grace_s
+        stopping = asyncio.create_task(self.server.stop(grace))
+        done, _ = await asyncio.wait({stopping}, timeout=max(0.0, grace - CUT_MARGIN_S))
+        if not done:
+            self.cutting()
+        await stopping
         await asyncio.to_thread(self.close)
         self.metrics.stop()
 
