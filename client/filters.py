@@ -40,7 +40,7 @@ def from_value(message: index_pb2.Value) -> Scalar:
     return getattr(message, kind) if kind else None
 
 
-def fill_metadata(item: index_pb2.Item, metadata: dict[str, Any] | None) -> None:
+def fill_metadata(item: index_pb2.Item | index_pb2.Metadata, metadata: dict[str, Any] | None) -> None:
     """Strings go in the string map (readable by every server version), other kinds in the typed map."""
     for key, value in (metadata or {}).items():
         if not isinstance(key, str):

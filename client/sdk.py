@@ -230,8 +230,11 @@ class SimilarityClient:
         if not ids:
             raise InvalidArgument("nothing to upsert", grpc.StatusCode.INVALID_ARGUMENT)
         packed = np.ascontiguousarray(matrix, dtype=vectors.WIRE_DTYPE)
+        row_bytes = packed.shape[1] * 4
+        blob = packed.tobytes()
         return self._write(self._collection(collection), fingerprint or self.fingerprint,
-                           [(item_id, row.tobytes(), meta) for item_id, row, meta in zip(ids, packed, metadata)])
+                           [(item_id, blob[i * row_bytes:(i + 1) * row_bytes], meta)
+                            for i, (item_id, meta) in enumerate(zip(ids, metadata))])
 
     def _write(self, collection: str, fingerprint: str, rows: list[tuple[str, bytes, dict]]) -> WriteReport:
         totals = self._index().upsert(collection, fingerprint, rows)

@@ -18,7 +18,7 @@ UPSERT_CALL_ITEMS = 16384
 UPSERT_CALL_BYTES = 48 * 1024 * 1024  # of vectors, under the index's 64 MiB per call
 UPSERT_MESSAGE_BYTES = 8 * 1024 * 1024
 MAX_ITEMS_PER_MESSAGE = 4096
-CALLS_IN_FLIGHT = 2
+CALLS_IN_FLIGHT = 4
 
 
 def shard_of(item_id: str, shards: int) -> int:
@@ -88,14 +88,14 @@ class ShardedIndex:
         per_message = max(1, min(MAX_ITEMS_PER_MESSAGE, UPSERT_MESSAGE_BYTES // max(row_bytes, 1)))
 
         def messages(positions: list[int]):
+            """Columns (ItemBatch): no message per item to build here or to parse in the index."""
             for start in range(0, len(positions), per_message):
-                message = index_pb2.UpsertRequest(model_fingerprint=fingerprint, collection=collection)
-                for position in positions[start:start + per_message]:
-                    item_id, vector, metadata = rows[position]
-                    item = message.items.add(id=item_id)
-                    item.vector.float32_le = vector
-                    fill_metadata(item, metadata)
-                yield message
+                part = [rows[p] for p in positions[start:start + per_message]]
+                batch = index_pb2.ItemBatch(ids=[row[0] for row in part], vectors=b"".join(row[1] for row in part))
+                if any(row[2] for row in part):
+                    for row in part:
+                        fill_metadata(batch.metadata.add(), row[2])
+                yield index_pb2.UpsertRequest(model_fingerprint=fingerprint, collection=collection, batch=batch)
 
         totals = UpsertTotals()
         pending: dict[int, list] = {n: list(upsert_calls(rows, positions, row_bytes))

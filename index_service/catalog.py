@@ -11,6 +11,7 @@ import sqlite3
 import threading
 import zlib
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 from typing import Iterator
 
@@ -51,16 +52,31 @@ class Record:
     vector_crc: int
 
 
-@dataclass(frozen=True)
-class NewRecord:
-    row: int
-    id: str
-    metadata: dict
-    vector_crc: int
+@dataclass
+class NewRecords:
+    """Records to store, in columns. `bases` are record_base() of each (what does not depend on the row, so
+    the validating thread computes it, not the writer)."""
+    rows: list[int]
+    ids: list[str]
+    metadata: list[dict]
+    metadata_json: list[str]
+    vector_crcs: list[int]
+    bases: list[int]
+
+    @classmethod
+    def of(cls, rows: list[int], ids: list[str], metadata: list[dict], vector_crcs: list[int]) -> "NewRecords":
+        jsons = [meta.encode(m) for m in metadata]
+        return cls(rows, ids, metadata, jsons, vector_crcs,
+                   [record_base(i, j, c) for i, j, c in zip(ids, jsons, vector_crcs)])
 
 
-def record_crc(row: int, item_id: str, metadata_json: str, vector_crc: int) -> int:
-    return zlib.crc32(f"{row}\0{item_id}\0{metadata_json}\0{vector_crc}".encode())
+def record_base(item_id: str, metadata_json: str, vector_crc: int) -> int:
+    return zlib.crc32(f"{item_id}\0{metadata_json}\0{vector_crc}\0".encode())
+
+
+def record_crc(row: int, base: int) -> int:
+    """CRC-32 of a record's id, metadata, vector CRC and row."""
+    return zlib.crc32(str(row).encode(), base)
 
 
 def give_back_free_pages(db: sqlite3.Connection) -> None:
@@ -141,7 +157,7 @@ class Catalog:
                      f"WHERE row IN ({','.join('?' * len(chunk))})")
             for row, item_id, metadata_json, vector_crc, crc in db.execute(query, chunk):
                 try:
-                    if record_crc(row, item_id, metadata_json, vector_crc) != crc:
+                    if record_crc(row, record_base(item_id, metadata_json, vector_crc)) != crc:
                         raise ValueError("checksum")
                     found[row] = Record(row, item_id, meta.decode(metadata_json), vector_crc)
                 except ValueError:
@@ -212,7 +228,7 @@ class Catalog:
 
     # Writing (the writer thread only).
 
-    def commit(self, seq: int, records: list[NewRecord], ended: list[tuple[int, dict]],
+    def commit(self, seq: int, records: NewRecords | None, ended: list[tuple[int, dict]],
                settings: dict[str, str] | None = None) -> None:
         """Stores records (into free rows), ends records (row, metadata), and sets settings, all in one
         durable transaction numbered `seq`."""
@@ -221,24 +237,25 @@ class Catalog:
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
-                self._forget_rows_reused(db, [r.row for r in records])
+                if records is not None:
+                    self._forget_rows_reused(db, records.rows)
                 if ended:
                     db.executemany("UPDATE items SET dead_seq = ? WHERE row = ?", [(seq, row) for row, _ in ended])
                     for _, values in ended:
                         for key in values:
                             counts[key] = counts.get(key, 0) - 1
-                rows = []
-                meta_rows = []
-                for record in records:
-                    metadata_json = meta.encode(record.metadata)
-                    rows.append((record.row, record.id, metadata_json, record.vector_crc,
-                                 record_crc(record.row, record.id, metadata_json, record.vector_crc), seq))
-                    for key, value in record.metadata.items():
-                        meta_rows.append((key, meta.value_type(value), meta.stored_value(value), record.row))
-                        counts[key] = counts.get(key, 0) + 1
-                db.executemany("INSERT OR REPLACE INTO items (row, id, metadata, vector_crc, record_crc, seq) "
-                               "VALUES (?, ?, ?, ?, ?, ?)", rows)
-                db.executemany("INSERT OR REPLACE INTO meta (key, type, value, row) VALUES (?, ?, ?, ?)", meta_rows)
+                if records is not None:
+                    db.executemany("INSERT OR REPLACE INTO items (row, id, metadata, vector_crc, record_crc, seq) "
+                                   "VALUES (?, ?, ?, ?, ?, ?)",
+                                   zip(records.rows, records.ids, records.metadata_json, records.vector_crcs,
+                                       map(record_crc, records.rows, records.bases), repeat(seq)))
+                    meta_rows = []
+                    for row, values in zip(records.rows, records.metadata):
+                        for key, value in values.items():
+                            meta_rows.append((key, meta.value_type(value), meta.stored_value(value), row))
+                            counts[key] = counts.get(key, 0) + 1
+                    db.executemany("INSERT OR REPLACE INTO meta (key, type, value, row) VALUES (?, ?, ?, ?)",
+                                   meta_rows)
                 db.executemany("INSERT INTO meta_keys (key, items) VALUES (?, ?) "
                                "ON CONFLICT(key) DO UPDATE SET items = items + excluded.items",
                                [(k, v) for k, v in counts.items() if v])

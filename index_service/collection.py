@@ -19,7 +19,7 @@ import numpy as np
 
 from index_service import filters as flt
 from index_service import snapshot
-from index_service.catalog import Catalog, NewRecord
+from index_service.catalog import Catalog, NewRecords
 from index_service.config import KindParams, params_from_dict
 from index_service.errors import (Cancelled, DeadlineExceeded, DimensionMismatch, IndexServiceError,
                                   InvalidArgument, ModelMismatch, NotReady, StorageFull)
@@ -272,7 +272,8 @@ class Collection:
         if plan.new_count:
             try:
                 self.vectors.reserve(int(plan.new_rows.max()) + 1)
-                self.vectors.write(plan.new_rows, plan.raw())
+                for rows, raw, _ in plan.parts():
+                    self.vectors.write(rows, raw)
             except OSError as err:
                 raise StorageFull(f"no room for the vectors on the index's disk ({err.strerror}); nothing of "
                                   "this write was kept, searches go on") from None
@@ -282,9 +283,9 @@ class Collection:
             self.vectors.sync(seq)
         if not self._still_wanted(plan):
             raise Superseded()
-        records = [NewRecord(int(row), item_id, metadata, int(crc)) for row, item_id, metadata, crc in
-                   zip(plan.new_rows, plan.new_ids(), plan.new_metadata(), plan.new_crcs())]
-        ended = [(int(row), plan.ended_metadata.get(int(row), {})) for row in plan.ended_rows()]
+        records = NewRecords(plan.new_rows.tolist(), plan.new_ids(), plan.new_metadata(), plan.new_list("metadata_json"),
+                             plan.new_crcs().tolist(), plan.new_list("record_bases")) if plan.new_count else None
+        ended = [(row, plan.ended_metadata.get(row, {})) for row in plan.ended_rows().tolist()]
         try:
             self.catalog.commit(seq, records, ended, settings)
         except StorageFull:
@@ -299,10 +300,12 @@ class Collection:
         ended = plan.ended_rows()
         if self.structure is None:  # deletes in a collection never written: nothing to do
             return self._settle(plan)
-        staged = self.structure.stage(plan.new_rows, plan.unit(), self.lock.exclusive) if plan.new_count \
-            else (np.zeros(0, np.int64), None)
+        staged = [self.structure.stage(rows, unit, self.lock.exclusive) for rows, _, unit in plan.parts()] or \
+            [(np.zeros(0, np.int64), None)]
         with self.lock.exclusive():
-            self.structure.publish(staged, ended)
+            self.structure.publish(staged[0], ended)
+            for more in staged[1:]:
+                self.structure.publish(more, np.zeros(0, np.int64))
             if plan.new_count:
                 self.ids.put(plan.new_high(), plan.new_low(), plan.new_rows)
             high, low = plan.deleted_hashes()
@@ -576,13 +579,18 @@ class Plan:
 
     def _concat(self, attribute: str) -> np.ndarray:
         parts = [getattr(op.items, attribute) for op, _ in self.upserts]
+        if len(parts) == 1:  # the usual case: one call, no copy
+            return parts[0]
         return np.concatenate(parts) if parts else np.zeros(0)
 
-    def raw(self) -> np.ndarray:
-        return self._concat("raw")
-
-    def unit(self) -> np.ndarray:
-        return self._concat("unit")
+    def parts(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(new rows, raw vectors, unit vectors) of each upsert, without copying them into one array."""
+        found, start = [], 0
+        for op, _ in self.upserts:
+            count = len(op.items)
+            found.append((self.new_rows[start:start + count], op.items.raw, op.items.unit))
+            start += count
+        return found
 
     def new_high(self) -> np.ndarray:
         return self._concat("high").astype(np.uint64)
@@ -594,10 +602,17 @@ class Plan:
         return self._concat("crcs").astype(np.int64)
 
     def new_ids(self) -> list[str]:
+        if len(self.upserts) == 1:
+            return self.upserts[0][0].items.ids
         return [item_id for op, _ in self.upserts for item_id in op.items.ids]
 
     def new_metadata(self) -> list[dict]:
-        return [values for op, _ in self.upserts for values in op.items.metadata]
+        return self.new_list("metadata")
+
+    def new_list(self, attribute: str) -> list:
+        if len(self.upserts) == 1:
+            return getattr(self.upserts[0][0].items, attribute)
+        return [value for op, _ in self.upserts for value in getattr(op.items, attribute)]
 
     def deleted_hashes(self) -> tuple[np.ndarray, np.ndarray]:
         highs = [high[rows >= 0] for _, _, high, _, rows in self.deletes]

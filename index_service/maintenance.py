@@ -9,7 +9,7 @@ import time
 import faiss
 import numpy as np
 
-from index_service.catalog import NewRecord
+from index_service.catalog import NewRecords
 from index_service.id_table import id_hashes
 from index_service.exact import unit_rows
 from index_service.kinds.ivfpq import MAX_TRAINING_SAMPLE, training_size
@@ -232,12 +232,13 @@ class Maintenance:
         c.vectors.write(new, raw)
         c.vectors.sync(seq)
         moved = [records[row] for row in old.tolist()]
-        c.catalog.commit(seq, [NewRecord(int(n), r.id, r.metadata, int(crc)) for n, r, crc in zip(new, moved, crcs)],
-                         [(r.row, r.metadata) for r in moved])
+        c.catalog.commit(seq, NewRecords.of(new.tolist(), [r.id for r in moved], [r.metadata for r in moved],
+                                            crcs.tolist()), [(r.row, r.metadata) for r in moved])
         high, low = id_hashes([r.id for r in moved])
         try:
+            staged = c.structure.stage_relocation(new, unit_rows(raw))
             with c.lock.exclusive():
-                c.structure.relocate(old, new, unit_rows(raw))
+                c.structure.relocate(old, new, staged)
                 c.ids.put(high, low, new)
                 c.generation += 1
                 c._live_rows = None

@@ -81,15 +81,15 @@ def check_key(key: str, where: str) -> None:
         raise BadMetadata(f"{where}: metadata key {key[:40]!r} starts with '_', which is reserved")
 
 
-def from_item(item: index_pb2.Item, where: str) -> dict[str, Scalar]:
-    """An item's metadata from both maps, checked against the limits."""
-    if not item.metadata and not item.typed_metadata:
+def from_maps(strings, typed, where: str) -> dict[str, Scalar]:
+    """An item's metadata from its string and typed maps, checked against the limits."""
+    if not strings and not typed:
         return {}
-    both = set(item.metadata) & set(item.typed_metadata)
+    both = set(strings) & set(typed)
     if both:
         raise BadMetadata(f"{where}: key {sorted(both)[0]!r} is in both metadata and typed_metadata")
-    values: dict[str, Scalar] = dict(item.metadata)
-    for key, value in item.typed_metadata.items():
+    values: dict[str, Scalar] = dict(strings)
+    for key, value in typed.items():
         values[key] = from_proto_value(value, f"{where}, metadata key {key[:40]!r}")
     check(values, where)
     return values

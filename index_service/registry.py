@@ -162,7 +162,7 @@ class Registry:
                         "format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             if fingerprint:
                 settings.update(fingerprint=fingerprint, dimension=str(dimension))
-            catalog.commit(0, [], [], settings)
+            catalog.commit(0, None, [], settings)
             catalog.close()
             staging.rename(self.root / name)
             collection = self._open(self.root / name)

@@ -6,10 +6,11 @@ import numpy as np
 from imgsim.v1 import index_pb2
 from index_service import filters as flt
 from index_service import metadata as meta
+from index_service.catalog import NewRecords
 from index_service.config import MAX_DIMENSION, PARAM_RANGES
 from index_service.errors import DimensionMismatch, InvalidArgument
 from index_service.id_table import id_hashes
-from index_service.exact import MAX_NORM, MIN_NORM, unit_rows
+from index_service.exact import MAX_NORM, MIN_NORM, norms, unit_rows
 from index_service.vector_file import crc32_rows
 from index_service.writes import Items
 
@@ -37,38 +38,56 @@ def check_id(item_id: str, label: str) -> None:
         raise InvalidArgument(f"{label}: id is {size} bytes, over the limit of {MAX_ID_BYTES}")
 
 
-def matrix_of(vectors, labels) -> np.ndarray:
-    """Packed float32 vectors as one (n, d) matrix, every one checked: equal lengths, a whole number of
-    float32 values, at most MAX_DIMENSION, finite, and a float64 norm inside [MIN_NORM, MAX_NORM]."""
+def checked_rows(matrix: np.ndarray, labels) -> np.ndarray:
+    """The float64 norms of a (n, d) float32 matrix's rows, each finite and inside [MIN_NORM, MAX_NORM] (NaN
+    and Inf make a norm NaN or Inf, so one range test covers them); otherwise the first bad row is named."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        row_norms = norms(matrix)
+    good = (row_norms >= MIN_NORM) & (row_norms <= MAX_NORM)
+    if good.all():
+        return row_norms
+    position = int(np.flatnonzero(~good)[0])
+    label, vector = labels(position), matrix[position]
+    if not np.all(np.isfinite(vector)):
+        raise InvalidArgument(f"{label}: vector holds NaN or Inf")
+    norm = float(row_norms[position])
+    if norm == 0:
+        raise InvalidArgument(f"{label}: vector is all zeros, so its cosine to anything is undefined")
+    raise InvalidArgument(f"{label}: vector norm {norm:.3g} is outside [{MIN_NORM:g}, {MAX_NORM:g}]: scale it "
+                          "(cosine ignores the length)")
+
+
+def matrix_of(vectors, labels) -> tuple[np.ndarray, np.ndarray]:
+    """Packed float32 vectors (one message each) as one (n, d) matrix and their norms, every one checked:
+    equal lengths, a whole number of float32 values, at most MAX_DIMENSION, and checked_rows."""
     raw = [v.float32_le for v in vectors]
     lengths = {len(data) for data in raw}
-    if len(lengths) == 1 and raw[0] and len(raw[0]) % 4 == 0 and len(raw[0]) // 4 <= MAX_DIMENSION:
-        matrix = np.frombuffer(b"".join(raw), dtype="<f4").reshape(len(raw), -1)
-        with np.errstate(over="ignore", invalid="ignore"):
-            norms = np.linalg.norm(matrix.astype(np.float64), axis=1)
-        if np.all((norms >= MIN_NORM) & (norms <= MAX_NORM)):
-            return matrix
-    for position, data in enumerate(raw):  # something is wrong: name the first bad vector and what is wrong
-        label = labels(position)
-        if not data:
-            raise InvalidArgument(f"{label}: vector is empty")
-        if len(data) % 4:
-            raise InvalidArgument(f"{label}: vector has {len(data)} bytes, not a multiple of 4 (packed float32)")
-        if len(data) // 4 > MAX_DIMENSION:
-            raise InvalidArgument(f"{label}: dimension {len(data) // 4} is over the limit of {MAX_DIMENSION}")
-        if len(data) != len(raw[0]):
-            raise DimensionMismatch(f"{label}: dimension {len(data) // 4} differs from the first one "
-                                    f"({len(raw[0]) // 4})")
-        vector = np.frombuffer(data, dtype="<f4")
-        if not np.all(np.isfinite(vector)):
-            raise InvalidArgument(f"{label}: vector holds NaN or Inf")
-        norm = float(np.linalg.norm(vector.astype(np.float64)))
-        if norm == 0:
-            raise InvalidArgument(f"{label}: vector is all zeros, so its cosine to anything is undefined")
-        if not MIN_NORM <= norm <= MAX_NORM:
-            raise InvalidArgument(f"{label}: vector norm {norm:.3g} is outside [{MIN_NORM:g}, {MAX_NORM:g}]: "
-                                  "scale it (cosine ignores the length)")
-    raise AssertionError("unreachable: a bad vector was not found")
+    if len(lengths) != 1 or not raw[0] or len(raw[0]) % 4 or len(raw[0]) // 4 > MAX_DIMENSION:
+        for position, data in enumerate(raw):  # name the first vector whose size is wrong
+            check_size(len(data), labels(position))
+            if len(data) != len(raw[0]):
+                raise DimensionMismatch(f"{labels(position)}: dimension {len(data) // 4} differs from the first "
+                                        f"one ({len(raw[0]) // 4})")
+    matrix = np.frombuffer(b"".join(raw), dtype="<f4").reshape(len(raw), -1)
+    return matrix, checked_rows(matrix, labels)
+
+
+def check_size(size: int, label: str) -> None:
+    if not size:
+        raise InvalidArgument(f"{label}: vector is empty")
+    if size % 4:
+        raise InvalidArgument(f"{label}: vector has {size} bytes, not a multiple of 4 (packed float32)")
+    if size // 4 > MAX_DIMENSION:
+        raise InvalidArgument(f"{label}: dimension {size // 4} is over the limit of {MAX_DIMENSION}")
+
+
+def batch_matrix(batch: index_pb2.ItemBatch, labels) -> tuple[np.ndarray, np.ndarray]:
+    count, size = len(batch.ids), len(batch.vectors)
+    if size % (4 * count):
+        raise InvalidArgument(f"{labels(0)}: the batch's vectors are {size} bytes, not {count} ids x dimension x 4")
+    check_size(size // count, labels(0))
+    matrix = np.frombuffer(batch.vectors, dtype="<f4").reshape(count, -1)
+    return matrix, checked_rows(matrix, labels)
 
 
 class UpsertCall:
@@ -79,6 +98,7 @@ class UpsertCall:
         self.collection = None
         self.ids: list[str] = []
         self.matrices: list[np.ndarray] = []
+        self.norms: list[np.ndarray] = []
         self.metadata: list[dict] = []
         self.messages = 0
         self.vector_bytes = 0
@@ -96,20 +116,33 @@ class UpsertCall:
         elif request.collection and request.collection != self.collection:
             raise InvalidArgument(f"{where}: collection {request.collection!r} differs from the call's first message "
                                   f"({self.collection!r}): one call writes one collection")
-        items = request.items
-        if not items:
+        items, batch = request.items, request.batch
+        count = len(items) + len(batch.ids)
+        if not count:
             raise InvalidArgument(f"{where} carries no items")
-        if len(items) > MAX_ITEMS_PER_MESSAGE:
-            raise InvalidArgument(f"{where}: {len(items)} items, over the limit of {MAX_ITEMS_PER_MESSAGE} per message")
-        first = len(self.ids)
-        if first + len(items) > MAX_ITEMS_PER_CALL:
+        if count > MAX_ITEMS_PER_MESSAGE:
+            raise InvalidArgument(f"{where}: {count} items, over the limit of {MAX_ITEMS_PER_MESSAGE} per message")
+        if len(self.ids) + count > MAX_ITEMS_PER_CALL:
             raise InvalidArgument(f"the call carries more than {MAX_ITEMS_PER_CALL} items; split it into several "
                                   "calls (each is atomic)")
+        if items:
+            self._add_part(where, [item.id for item in items], lambda label: matrix_of([i.vector for i in items], label),
+                           [(item.metadata, item.typed_metadata) for item in items])
+        if batch.ids:
+            if batch.metadata and len(batch.metadata) != len(batch.ids):
+                raise InvalidArgument(f"{where}: the batch has {len(batch.ids)} ids and {len(batch.metadata)} metadata "
+                                      "entries; give one per id, or none")
+            self._add_part(where, list(batch.ids), lambda label: batch_matrix(batch, label),
+                           [(m.metadata, m.typed_metadata) for m in batch.metadata] if batch.metadata else None)
+        self.messages += 1
+
+    def _add_part(self, where: str, ids: list[str], read_matrix, maps) -> None:
+        first = len(self.ids)
 
         def label(offset: int) -> str:
-            return f"{where}, {item_label(first + offset, items[offset].id)}"
+            return f"{where}, {item_label(first + offset, ids[offset])}"
 
-        matrix = matrix_of([item.vector for item in items], label)
+        matrix, row_norms = read_matrix(label)
         if self.matrices and matrix.shape[1] != self.matrices[0].shape[1]:
             raise DimensionMismatch(f"{label(0)}: dimension {matrix.shape[1]} differs from the call's first items "
                                     f"({self.matrices[0].shape[1]})")
@@ -117,29 +150,42 @@ class UpsertCall:
         if self.vector_bytes > MAX_VECTOR_BYTES_PER_CALL:
             raise InvalidArgument(f"the call carries more than {MAX_VECTOR_BYTES_PER_CALL} bytes of vectors; split it "
                                   "into several calls (each is atomic)")
-        for offset, item in enumerate(items):
-            # Labels are built only for suspect items: formatting thousands per message costs real time. An id of
-            # at most 64 characters is at most 256 bytes of UTF-8, so only longer ones need measuring.
-            if not item.id or len(item.id) > MAX_ID_BYTES // 4:
-                check_id(item.id, label(offset))
-            try:
-                self.metadata.append(meta.from_item(item, label(offset)))
-            except meta.BadMetadata as err:
-                raise InvalidArgument(str(err)) from None
-        self.ids += [item.id for item in items]
+        # An id of at most 64 characters is at most 256 bytes of UTF-8: only empty or longer ones need a look.
+        for offset in [i for i, item_id in enumerate(ids) if not item_id or len(item_id) > MAX_ID_BYTES // 4]:
+            check_id(ids[offset], label(offset))
+        if maps is None:
+            metadata = [{}] * len(ids)
+        else:
+            metadata = []
+            for offset, (strings, typed) in enumerate(maps):
+                if not strings and not typed:
+                    metadata.append({})
+                    continue
+                try:
+                    metadata.append(meta.from_maps(strings, typed, label(offset)))
+                except meta.BadMetadata as err:
+                    raise InvalidArgument(str(err)) from None
+        self.ids += ids
         self.matrices.append(matrix)
-        self.messages += 1
+        self.norms.append(row_norms)
+        self.metadata += metadata
 
     def items(self) -> Items:
         if not self.ids:
             raise InvalidArgument("the call carries no items")
         latest = {item_id: position for position, item_id in enumerate(self.ids)}  # the last of an id wins
         keep = np.fromiter(latest.values(), dtype=np.int64, count=len(latest))
-        raw = np.concatenate(self.matrices)[keep] if len(keep) < len(self.ids) else np.concatenate(self.matrices)
+        raw = self.matrices[0] if len(self.matrices) == 1 else np.concatenate(self.matrices)
+        row_norms = self.norms[0] if len(self.norms) == 1 else np.concatenate(self.norms)
+        if len(keep) < len(self.ids):
+            raw, row_norms = raw[keep], row_norms[keep]
         ids = list(latest)
         high, low = id_hashes(ids)
-        return Items(ids, np.ascontiguousarray(raw, dtype=np.float32), unit_rows(raw), high, low,
-                     [self.metadata[p] for p in keep.tolist()], crc32_rows(raw))
+        metadata = self.metadata if len(keep) == len(self.ids) else [self.metadata[p] for p in keep.tolist()]
+        crcs = crc32_rows(raw)
+        records = NewRecords.of([], ids, metadata, crcs.tolist())
+        return Items(ids, raw, unit_rows(raw, row_norms), high, low, metadata, crcs, records.bases,
+                     records.metadata_json)
 
 
 def request_ids(ids, verb: str, limit: int) -> list[str]:
@@ -174,7 +220,7 @@ def search_queries(request: index_pb2.SearchRequest) -> np.ndarray:
         raise InvalidArgument(f"{len(request.queries)} queries in one call, over the limit of {MAX_QUERIES}")
     if not request.model_fingerprint:
         raise InvalidArgument("model_fingerprint is empty: pass the fingerprint the embedder returned")
-    return matrix_of(request.queries, lambda position: f"query {position}")
+    return matrix_of(request.queries, lambda position: f"query {position}")[0]
 
 
 def scroll_limit(limit: int) -> int:

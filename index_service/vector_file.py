@@ -107,9 +107,12 @@ class VectorFile:
 
     def write(self, rows: np.ndarray, matrix: np.ndarray) -> None:
         """Writes raw rows (in any order; space must be reserved). Not durable until `sync`."""
-        order = np.argsort(rows, kind="stable")
-        sorted_rows = rows[order]
-        data = np.ascontiguousarray(np.asarray(matrix, dtype="<f4")[order])
+        if len(rows) < 2 or np.all(rows[1:] > rows[:-1]):  # already in order (fresh rows): no copy
+            sorted_rows, data = rows, np.ascontiguousarray(matrix, dtype="<f4")
+        else:
+            order = np.argsort(rows, kind="stable")
+            sorted_rows = rows[order]
+            data = np.ascontiguousarray(np.asarray(matrix, dtype="<f4")[order])
         view = memoryview(data).cast("B")
         for first, count, position in contiguous_runs(sorted_rows):
             chunk = view[position * self.row_bytes:(position + count) * self.row_bytes]

@@ -28,6 +28,8 @@ class Items:
     low: np.ndarray
     metadata: list[dict]
     crcs: np.ndarray
+    record_bases: list[int] = field(default_factory=list)  # catalog.record_base of each item
+    metadata_json: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -45,15 +45,49 @@ class Item(_message.Message):
     typed_metadata: _containers.MessageMap[str, Value]
     def __init__(self, id: _Optional[str] = ..., vector: _Optional[_Union[_common_pb2.Vector, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., typed_metadata: _Optional[_Mapping[str, Value]] = ...) -> None: ...
 
+class Metadata(_message.Message):
+    __slots__ = ("metadata", "typed_metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class TypedMetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Value
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Value, _Mapping]] = ...) -> None: ...
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    TYPED_METADATA_FIELD_NUMBER: _ClassVar[int]
+    metadata: _containers.ScalarMap[str, str]
+    typed_metadata: _containers.MessageMap[str, Value]
+    def __init__(self, metadata: _Optional[_Mapping[str, str]] = ..., typed_metadata: _Optional[_Mapping[str, Value]] = ...) -> None: ...
+
+class ItemBatch(_message.Message):
+    __slots__ = ("ids", "vectors", "metadata")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    VECTORS_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    vectors: bytes
+    metadata: _containers.RepeatedCompositeFieldContainer[Metadata]
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., vectors: _Optional[bytes] = ..., metadata: _Optional[_Iterable[_Union[Metadata, _Mapping]]] = ...) -> None: ...
+
 class UpsertRequest(_message.Message):
-    __slots__ = ("model_fingerprint", "items", "collection")
+    __slots__ = ("model_fingerprint", "items", "collection", "batch")
     MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     model_fingerprint: str
     items: _containers.RepeatedCompositeFieldContainer[Item]
     collection: str
-    def __init__(self, model_fingerprint: _Optional[str] = ..., items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., collection: _Optional[str] = ...) -> None: ...
+    batch: ItemBatch
+    def __init__(self, model_fingerprint: _Optional[str] = ..., items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., collection: _Optional[str] = ..., batch: _Optional[_Union[ItemBatch, _Mapping]] = ...) -> None: ...
 
 class UpsertResponse(_message.Message):
     __slots__ = ("upserted", "count", "inserted", "replaced")

@@ -40,8 +40,12 @@ class Structure:
         """Under the exclusive lock: staged rows become searchable, `ended` rows stop being searchable."""
         raise NotImplementedError
 
-    def relocate(self, old_rows: np.ndarray, new_rows: np.ndarray, unit: np.ndarray | None = None) -> None:
-        """Under the exclusive lock: the same vectors (`unit`) now live at new rows (compaction)."""
+    def stage_relocation(self, new_rows: np.ndarray, unit: np.ndarray):
+        """Outside the exclusive lock: whatever `relocate` will need for the same vectors at new rows."""
+        return None
+
+    def relocate(self, old_rows: np.ndarray, new_rows: np.ndarray, staged=None) -> None:
+        """Under the exclusive lock: the same vectors now live at new rows (compaction)."""
         raise NotImplementedError
 
     def keeps_ended(self) -> bool:

@@ -52,6 +52,8 @@ class HnswStructure(Structure):
             with exclusive():
                 self.graph.add(np.ascontiguousarray(unit[start:start + STAGE_CHUNK]))
         nodes = np.arange(first, self.graph.ntotal, dtype=np.int64)
+        if len(rows):
+            self._grow_rows(int(rows.max()))
         self.node_row = np.concatenate([self.node_row, rows])
         self.node_live = np.concatenate([self.node_live, np.zeros(len(rows), dtype=bool)])
         return rows, nodes
@@ -60,7 +62,6 @@ class HnswStructure(Structure):
         rows, nodes = staged
         self._end(ended)
         if len(rows):
-            self._grow_rows(int(rows.max()))
             self.row_node[rows] = nodes
             self.node_live[nodes] = True
         self._live_bits = None
@@ -72,7 +73,7 @@ class HnswStructure(Structure):
         self.node_live[nodes] = False
         self.row_node[rows] = -1
 
-    def relocate(self, old_rows, new_rows, unit=None):
+    def relocate(self, old_rows, new_rows, staged=None):
         self._grow_rows(int(new_rows.max()))
         nodes = self.row_node[old_rows]
         self.row_node[old_rows] = -1

@@ -57,6 +57,8 @@ class IvfPqStructure(Structure):
     # Writing.
 
     def stage(self, rows, unit, exclusive):
+        if len(rows):
+            self._grow(int(rows.max()))  # outside the exclusive lock
         if not self.trained or not len(rows):
             return rows, None
         delta = faiss.clone_index(self.template)
@@ -68,15 +70,16 @@ class IvfPqStructure(Structure):
         ended = ended[ended < len(self.live)]
         self.live[ended] = False
         if len(rows):
-            self._grow(int(rows.max()))
             if delta is not None:
                 self.lists.merge_from(delta, 0)
                 self.coded[rows] = True
             self.live[rows] = True
         self._live_bits = None
 
-    def relocate(self, old_rows, new_rows, unit=None):
-        staged = self.stage(new_rows, unit, None) if self.trained else (new_rows, None)
+    def stage_relocation(self, new_rows, unit):
+        return self.stage(new_rows, unit, None)
+
+    def relocate(self, old_rows, new_rows, staged=None):
         self.publish(staged, old_rows)
 
     def keeps_ended(self) -> bool:

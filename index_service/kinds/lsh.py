@@ -37,17 +37,19 @@ class LshStructure(Structure):
             self.live = np.concatenate([self.live, np.zeros(size - len(self.live), dtype=bool)])
 
     def stage(self, rows, unit, exclusive):
-        return rows, self.hash(unit) if len(rows) else None
+        if not len(rows):
+            return rows, None
+        self._grow(int(rows.max()))  # outside the exclusive lock
+        return rows, self.hash(unit)
 
     def publish(self, staged, ended):
         rows, codes = staged
         self.live[ended[ended < len(self.live)]] = False
         if len(rows):
-            self._grow(int(rows.max()))
             self.codes[rows] = codes
             self.live[rows] = True
 
-    def relocate(self, old_rows, new_rows, unit=None):
+    def relocate(self, old_rows, new_rows, staged=None):
         self._grow(int(new_rows.max()))
         self.codes[new_rows] = self.codes[old_rows]
         self.live[new_rows] = True
