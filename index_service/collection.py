@@ -98,6 +98,7 @@ class Collection:
         self.storage = storage  # the data directory's space budget (quota and the disk's reserve)
         self.lock = ReadWriteLock()
         self.write_mutex = threading.RLock()
+        self.snapshotting = threading.Lock()
         self.vectors: VectorFile | None = None
         self.structure: Structure | None = None
         self.ids = IdTable()
@@ -507,6 +508,10 @@ class Collection:
     def take_snapshot(self, force: bool = False) -> bool:
         """Writes the in-memory state aside so a restart loads it. Writers wait only for the copy. `force`:
         even when no write came since the last one (the structure changed by itself: compaction)."""
+        with self.snapshotting:  # one at a time (shutdown's and the background one may meet)
+            return self._take_snapshot(force)
+
+    def _take_snapshot(self, force: bool) -> bool:
         with self.write_mutex:
             if self.structure is None or (self.catalog.seq == self.snapshot_seq and not force):
                 return False

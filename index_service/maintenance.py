@@ -135,6 +135,9 @@ class Maintenance:
             if len(todo) < ENCODE_CHUNK or self.stopping.is_set():
                 break
         with c.write_mutex:  # writers wait while the last changes are encoded
+            if self.stopping.is_set() or c.closed:
+                c.training = None
+                return
             changed = c.training.rows()
             stale = np.intersect1d(encoded, changed)
             if len(stale):
