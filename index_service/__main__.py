@@ -47,6 +47,8 @@ def parse_config(argv: list[str] | None = None) -> IndexConfig:
 def main(argv: list[str] | None = None) -> None:
     config = parse_config(argv)
     configure_logging(config.serving.log_level, config.serving.log_format)
+    from imgsim.server.memory import keep_resident_memory_tight
+    keep_resident_memory_tight()
     from imgsim.server.runner import BadServingConfig, PortInUse, serve_until_signalled
     from index_service.config import BadParams
     from index_service.errors import IndexServiceError

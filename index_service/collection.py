@@ -303,10 +303,13 @@ class Collection:
             return self._settle(plan)
         staged = [self.structure.stage(rows, unit, self.lock.exclusive) for rows, _, unit in plan.parts()] or \
             [(np.zeros(0, np.int64), None)]
+        grown = self.ids.grown_for(plan.new_count)
         with self.lock.exclusive():
             self.structure.publish(staged[0], ended)
             for more in staged[1:]:
                 self.structure.publish(more, np.zeros(0, np.int64))
+            if grown is not None:
+                self.ids = grown
             if plan.new_count:
                 self.ids.put(plan.new_high(), plan.new_low(), plan.new_rows)
             high, low = plan.deleted_hashes()

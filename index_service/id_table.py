@@ -105,6 +105,16 @@ class IdTable:
         live = self.high != 0
         return self.high[live], self.low[live], self.rows[live]
 
+    def grown_for(self, more: int) -> "IdTable | None":
+        """A copy with room for `more` new entries if this table has not room for them; else None. Built
+        aside, so the caller can swap it in under its lock instead of rebuilding under it."""
+        if self.used + more <= MAX_LOAD * self.capacity:
+            return None
+        copy = IdTable.__new__(IdTable)
+        copy.high, copy.low, copy.rows, copy.count, copy.used = self.high, self.low, self.rows, self.count, self.used
+        copy._reserve(more)
+        return copy
+
     def _reserve(self, more: int) -> None:
         if self.used + more <= MAX_LOAD * self.capacity:
             return
