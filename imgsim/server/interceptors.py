@@ -45,33 +45,38 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
             return None
         method = handler_call_details.method
 
-        def finish(context, started, failed):
+        def peer_of(context) -> str:
+            # Read at the start, never after the call ends: grpc core frees the peer string with the
+            # transport, and a late context.peer() on a cancelled call can crash the process.
+            return context.peer() if log.isEnabledFor(logging.DEBUG) else ""
+
+        def finish(context, started, failed, peer):
             code = status_code(context, failed)
             seconds = time.perf_counter() - started
             self.metrics.observe_request(method, code, seconds)
             log.debug("rpc", extra={"rpc_method": method, "code": code, "ms": round(1000 * seconds, 3),
-                                    "peer": context.peer()})
+                                    "peer": peer})
 
         def wrap(behaviour, streams_responses):
             if streams_responses and inspect.isasyncgenfunction(behaviour):
                 async def observed_stream(request, context):
-                    started, failed = time.perf_counter(), True
+                    started, failed, peer = time.perf_counter(), True, peer_of(context)
                     try:
                         async for response in behaviour(request, context):
                             yield response
                         failed = False
                     finally:
-                        finish(context, started, failed)
+                        finish(context, started, failed, peer)
                 return observed_stream
 
             async def observed(request, context):
-                started, failed = time.perf_counter(), True
+                started, failed, peer = time.perf_counter(), True, peer_of(context)
                 try:
                     response = await behaviour(request, context)
                     failed = False
                     return response
                 finally:
-                    finish(context, started, failed)
+                    finish(context, started, failed, peer)
             return observed
 
         return replace_behaviour(handler, wrap)
