@@ -15,7 +15,6 @@ FROM base AS embedder
 # CPU wheels by default; for a GPU host build with --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 RUN pip install --index-url "${TORCH_INDEX_URL}" torch==2.13.0 && pip install ".[embedder]"
-COPY assets/vit-digits ./assets/vit-digits
 EXPOSE 50051
 CMD ["imgsim-embedder", "--host", "0.0.0.0", "--port", "50051"]
 
@@ -27,6 +26,5 @@ CMD ["imgsim-index", "--host", "0.0.0.0", "--port", "50052", "--data-dir", "/dat
 
 FROM base AS client
 RUN pip install ".[client,datasets]"
-COPY assets/digits ./assets/digits
 ENTRYPOINT ["imgsim"]
 CMD ["--help"]

@@ -8,6 +8,8 @@ JPEGs like beans, it prints:
     sending one image per call (dynamic batching);
   - p50/p99 latency of single-image calls at light load;
   - preprocessing ms/image, fast path vs AutoImageProcessor, for 500x500 and 3000x2000 JPEGs;
+  - draft decoding: the lowest cosine to the bit-faithful path, and its preprocessing speed-up, per image
+    size, for the 224x224 ViT and for the shipped 32x32 model;
   - the write-up's pipeline (dataset.map(extract_fn, batched=True) in-process) vs client.index_dataset.
 It ends with a summary, one `name: value` line per figure and ratio.
 
@@ -35,10 +37,13 @@ sys.path.insert(0, str(ROOT))
 from client import SimilarityClient  # noqa: E402
 from client.local_services import free_port, start_service  # noqa: E402
 from embedder_service.model import EmbeddingModel  # noqa: E402
-from embedder_service.preprocess import ReferencePreprocessor, make_preprocessor  # noqa: E402
+from embedder_service.preprocess import DRAFT_MARGIN, DRAFT_MIN_SIDE, Limits, ReferencePreprocessor, make_preprocessor  # noqa: E402
+from imgsim.assets import DEFAULT_MODEL  # noqa: E402
 from imgsim.v1 import embedder_pb2, embedder_pb2_grpc  # noqa: E402
 
 import grpc  # noqa: E402
+
+LIMITS = Limits(max_pixels=10**9, max_decoded_bytes=2**40)
 
 
 def photo_jpeg(width: int, height: int, seed: int) -> bytes:
@@ -82,7 +87,7 @@ def bare_model(model: EmbeddingModel, batch: int, images: int, repeats: int) -> 
 
 
 def in_process_pipeline(model: EmbeddingModel, photos: list[bytes], batch: int, repeats: int) -> float:
-    preprocess = make_preprocessor(model.processor, 10**9, fast=True, jpeg_draft=True)
+    preprocess = make_preprocessor(model.processor, LIMITS)
 
     def run():
         for start in range(0, len(photos), batch):
@@ -90,15 +95,42 @@ def in_process_pipeline(model: EmbeddingModel, photos: list[bytes], batch: int, 
     return len(photos) / median_seconds(run, repeats)
 
 
-def preprocessing_ms(processor, data: bytes, repeats: int) -> tuple[float, float]:
-    """ms/image of the fast path and of the processor's path, measured in alternation (drift hits both)."""
-    fast = make_preprocessor(processor, 10**9, fast=True, jpeg_draft=True)
-    reference = ReferencePreprocessor(processor, 10**9)
-    calls, fast_times, reference_times = 10, [], []
+def preprocessing_ms(processor, data: bytes, repeats: int) -> dict[str, float]:
+    """ms/image of the processor's own path, the bit-faithful fast path (tensors equal to the processor's)
+    and the fast path with draft decoding, measured in alternation (drift hits all three)."""
+    paths = {"reference": ReferencePreprocessor(processor, LIMITS),
+             "fast": make_preprocessor(processor, LIMITS, draft=False),
+             "fast_draft": make_preprocessor(processor, LIMITS, draft=True)}
+    calls, times = 10, {name: [] for name in paths}
     for _ in range(repeats):
-        fast_times.append(median_seconds(lambda: [fast(data, "x") for _ in range(calls)], 1))
-        reference_times.append(median_seconds(lambda: [reference(data, "x") for _ in range(calls)], 1))
-    return 1000 * statistics.median(fast_times) / calls, 1000 * statistics.median(reference_times) / calls
+        for name, path in paths.items():
+            times[name].append(median_seconds(lambda: [path(data, "x") for _ in range(calls)], 1))
+    return {name: 1000 * statistics.median(seconds) / calls for name, seconds in times.items()}
+
+
+def draft_faithfulness(model: EmbeddingModel, name: str, sizes: list[tuple[int, int]], figures: dict) -> None:
+    """For each image size: the lowest cosine between embeddings with and without draft decoding over a few
+    photos, and the preprocessing speed-up draft decoding buys (fast path both ways, alternated)."""
+    drafted = make_preprocessor(model.processor, LIMITS, draft=True)
+    faithful = make_preprocessor(model.processor, LIMITS, draft=False)
+    for width, height in sizes:
+        photos = [photo_jpeg(width, height, seed) for seed in range(4)]
+        with_draft = model.embed(np.stack([drafted(p, "x") for p in photos]))
+        without = model.embed(np.stack([faithful(p, "x") for p in photos]))
+        cosines = np.sum(unit_rows(with_draft) * unit_rows(without), axis=1)
+        draft_s, faithful_s = [], []
+        for _ in range(3):
+            draft_s.append(median_seconds(lambda: [drafted(p, "x") for p in photos], 1))
+            faithful_s.append(median_seconds(lambda: [faithful(p, "x") for p in photos], 1))
+        key = f"draft_{name}_{width}x{height}"
+        figures[f"{key}_min_cosine"] = float(cosines.min())
+        figures[f"{key}_preprocess_speedup"] = statistics.median(faithful_s) / statistics.median(draft_s)
+        print(f"  draft {name} {width}x{height}: min cosine {cosines.min():.6f}, preprocessing "
+              f"{figures[f'{key}_preprocess_speedup']:.2f}x faster", flush=True)
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.linalg.norm(vectors.astype(np.float64), axis=1, keepdims=True)
 
 
 def served(stub, photos: list[bytes], repeats: int, figures: dict) -> None:
@@ -171,7 +203,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-embedder-") as tmp:
         checkpoint = Path(tmp) / "vit"
         make_checkpoint(checkpoint, args.quick)
-        model = EmbeddingModel(str(checkpoint))
+        model = EmbeddingModel(str(checkpoint), dtype="float32")
         print(f"model: {'small ViT' if args.quick else 'ViT-B/16'}, {torch.get_num_threads()} torch threads "
               f"in-process, {images} images of 500x500", flush=True)
         for batch in (1, 8, 32):
@@ -180,10 +212,19 @@ def main() -> None:
             print(f"  bare batch {batch}: {figures[f'bare_model_batch{batch}_images_per_s']:.2f}", flush=True)
         figures["inprocess_pipeline_images_per_s"] = in_process_pipeline(model, photos, 32, args.repeats)
         for name, data in (("500x500", photos[0]), ("3000x2000", big)):
-            fast_ms, reference_ms = preprocessing_ms(model.processor, data, args.repeats)
-            figures[f"preprocess_fast_ms_{name}"] = fast_ms
-            figures[f"preprocess_reference_ms_{name}"] = reference_ms
-            figures[f"preprocess_speedup_{name}"] = reference_ms / fast_ms
+            ms = preprocessing_ms(model.processor, data, args.repeats)
+            for path, value in ms.items():
+                figures[f"preprocess_{path}_ms_{name}"] = value
+            figures[f"preprocess_speedup_faithful_{name}"] = ms["reference"] / ms["fast"]
+            figures[f"preprocess_speedup_with_draft_{name}"] = ms["reference"] / ms["fast_draft"]
+            print(f"  preprocessing {name}: processor {ms['reference']:.2f} ms, fast (bit-faithful) "
+                  f"{ms['fast']:.2f} ms, fast with draft {ms['fast_draft']:.2f} ms", flush=True)
+
+        print(f"draft decoding (reduce while both sides stay >= {DRAFT_MARGIN}x the model input and >= "
+              f"{DRAFT_MIN_SIDE} pixels):", flush=True)
+        sizes = [(500, 500), (1024, 768), (3000, 2000)]
+        draft_faithfulness(model, "vit224", sizes, figures)
+        draft_faithfulness(EmbeddingModel(str(DEFAULT_MODEL), dtype="float32"), "shipped32", sizes, figures)
 
         port = free_port()
         log_path = Path(tmp) / "embedder.log"

@@ -13,9 +13,10 @@ from client.images import encoded
 from client.local_services import start_local_services
 from client.results import Hit
 from client.sdk import SimilarityClient
+from imgsim.assets import DEFAULT_DATASET, DEFAULT_MODEL
 
-OFFLINE_MODEL = "assets/vit-digits"
-OFFLINE_DATASET = "assets/digits"
+OFFLINE_MODEL = DEFAULT_MODEL
+OFFLINE_DATASET = DEFAULT_DATASET
 SEED = 42  # the write-up shuffles its candidates with seed 42
 MAX_QUERIES_PER_SEARCH = 1024
 CELL = 128

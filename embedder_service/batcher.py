@@ -59,11 +59,17 @@ class Batcher:
                 if remaining <= 0:
                     break
                 self._changed.wait(remaining)
-            batch = []
+            # One forward pass takes one tensor shape: the oldest image's. Images of other shapes (a processor
+            # keeping aspect ratios) wait for a batch of their own, so one odd image never fails another's.
+            shape = self._queue[0][1].shape
+            batch, others = [], deque()
             while self._queue and len(batch) < self.max_batch_size:
-                queued_at, pixels, future = self._queue.popleft()
-                if future.set_running_or_notify_cancel():
-                    batch.append((queued_at, pixels, future))
+                item = self._queue.popleft()
+                if item[1].shape != shape:
+                    others.append(item)
+                elif item[2].set_running_or_notify_cancel():
+                    batch.append(item)
+            self._queue.extendleft(reversed(others))
             return batch
 
     def _run(self) -> None:

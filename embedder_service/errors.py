@@ -18,7 +18,12 @@ class InvalidRequest(EmbedderError):
 
 
 class InvalidImage(EmbedderError):
-    """One image could not be decoded or is outside the accepted limits."""
+    """One image could not be decoded or is outside the accepted limits. `reason` labels the failure in
+    metrics: empty, not_an_image, too_large, decode_error, bad_id."""
+
+    def __init__(self, message: str, reason: str = "invalid"):
+        super().__init__(message)
+        self.reason = reason
 
 
 class Overloaded(EmbedderError):

@@ -1,22 +1,21 @@
-"""The encoder: any vision checkpoint loaded with AutoModel/AutoImageProcessor, embedding = CLS token."""
+"""The encoder: any vision checkpoint AutoModel loads, and the pooling that turns its output into one vector
+per image. Knows nothing of gRPC."""
 
 import contextlib
-import hashlib
-import json
 import logging
+import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoImageProcessor, AutoModel
+
+from embedder_service import checkpoint
 
 log = logging.getLogger(__name__)
-
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# Part of the fingerprint: changing how an embedding is taken from the model changes the space.
-EMBEDDING_RULE = "cls-token-of-last-hidden-state/v1"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack")
+# A lower-precision dtype is taken only when its embeddings stay this close to float32's.
+AUTO_DTYPE_MIN_COSINE = 0.9999
+AUTO_DTYPE_BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -29,6 +28,9 @@ class ModelInfo:
     device: str
     dtype: str
     fingerprint: str
+    pooling: str
+    preprocessing: str
+    dtype_reason: str
 
 
 def pick_device(requested: str) -> torch.device:
@@ -40,28 +42,31 @@ def pick_device(requested: str) -> torch.device:
     return device
 
 
-def weights_identity(model_id: str, commit: str | None) -> str:
-    """What names the weights: their content for a local folder, the hub commit otherwise."""
-    folder = Path(model_id)
-    if folder.is_dir():
-        digest = hashlib.blake2b(digest_size=16)
-        for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)):
-            digest.update(path.relative_to(folder).as_posix().encode())
-            with path.open("rb") as weights:
-                while chunk := weights.read(1 << 20):
-                    digest.update(chunk)
-        return f"local:{digest.hexdigest()}"
-    return f"hub:{model_id}@{commit or 'unknown'}"
+def pool(model, pixel_values: torch.Tensor, pooling: str) -> torch.Tensor:
+    """One vector per image: the class token, the mean of the features, the model's pooled output, or the
+    projected image embedding (CLIP-like models)."""
+    if pooling == "image_embeds":
+        features = model.get_image_features(pixel_values=pixel_values)
+        return features if torch.is_tensor(features) else features.pooler_output
+    outputs = model(pixel_values=pixel_values)
+    hidden = outputs.last_hidden_state
+    if pooling == "cls":
+        if hidden.dim() != 3:
+            raise ValueError("--pooling cls needs a sequence of tokens; this model outputs feature maps")
+        return hidden[:, 0]
+    if pooling == "pooler":
+        pooled = getattr(outputs, "pooler_output", None)
+        if pooled is not None:
+            return pooled.flatten(1)
+    # mean: of the tokens (sequence models) or over height and width (convolutional feature maps)
+    return hidden.mean(dim=1) if hidden.dim() == 3 else hidden.flatten(2).mean(dim=2)
 
 
-def fingerprint(weights_id: str, processor_config: dict) -> str:
-    payload = json.dumps({"weights": weights_id, "preprocessing": processor_config, "rule": EMBEDDING_RULE},
-                         sort_keys=True, default=str)
-    return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()
-
-
-def image_size(processor) -> tuple[int, int]:
-    """(height, width) the processor resizes or crops to."""
+def image_size(processor, preset: str) -> tuple[int, int]:
+    """(height, width) the preprocessing produces."""
+    if preset == "writeup":  # CenterCrop(size["height"])
+        side = int((processor.size or {}).get("height") or (processor.size or {}).get("shortest_edge") or 224)
+        return side, side
     size = getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False) else None
     size = size or getattr(processor, "size", None) or {}
     if "height" in size:
@@ -71,52 +76,117 @@ def image_size(processor) -> tuple[int, int]:
 
 
 class EmbeddingModel:
-    """Loads a checkpoint and turns ready pixel tensors into CLS embeddings. Knows nothing of gRPC."""
+    """A loaded checkpoint that turns ready pixel tensors into embeddings."""
 
     def __init__(self, model_id: str, revision: str | None = None, device: str = "auto", dtype: str = "float32",
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False, pooling: str = "auto", preset: str = "processor"):
+        self.source = checkpoint.resolve(model_id, revision)
         self.device = pick_device(device)
-        self.compute_dtype = DTYPES[dtype]
-        self.processor = AutoImageProcessor.from_pretrained(model_id, revision=revision,
-                                                            trust_remote_code=trust_remote_code)
-        self.model = AutoModel.from_pretrained(model_id, revision=revision, trust_remote_code=trust_remote_code)
-        # Weights stay float32; bfloat16/float16 run under autocast (measured on CPU: about 2x faster than
-        # float32 for ViT-B with CLS cosine >= 0.9999), which keeps layer norms and softmax in float32.
+        self.processor, self.model, self.config, self.pooling = checkpoint.load(self.source, trust_remote_code,
+                                                                                pooling)
         self.model.to(device=self.device).eval()
-        commit = getattr(self.model.config, "_commit_hash", None)
-        processor_config = self.processor.to_dict()
-        self.info = ModelInfo(
-            model_id=model_id,
-            revision="" if Path(model_id).is_dir() else (commit or revision or ""),
-            dimension=int(self.model.config.hidden_size),
-            image_height=image_size(self.processor)[0],
-            image_width=image_size(self.processor)[1],
-            device=str(self.device),
-            dtype=dtype,
-            fingerprint=fingerprint(weights_identity(model_id, commit), processor_config),
-        )
-        log.info("loaded %s on %s (%s): dimension %d, fingerprint %s", model_id, self.device, dtype,
-                 self.info.dimension, self.info.fingerprint)
+        self.preset = preset
+        self.height, self.width = image_size(self.processor, preset)
+        self.compute_dtype = torch.float32
+        probe = self._probe_batch(1)
+        try:
+            self.dimension = int(self._forward(probe).shape[1])
+        except Exception as err:  # a model that loads but cannot embed an image of its own size
+            raise checkpoint.CheckpointError(f"{model_id} could not embed a test image with --pooling "
+                                             f"{self.pooling}: {checkpoint.first_line(err)}") from None
+        self.dtype, self.dtype_reason = self._choose_dtype(dtype)
+        self.compute_dtype = DTYPES[self.dtype]
+        self.dtype_family = self._family_of(self.dtype)
+        self.weights_id = checkpoint.weights_identity(self.source, self.config)
+        log.info("loaded %s on %s: %s pooling, dimension %d, %s (%s)", model_id, self.device, self.pooling,
+                 self.dimension, self.dtype, self.dtype_reason)
 
-    def embed(self, pixel_values: np.ndarray) -> np.ndarray:
-        """(batch, channels, height, width) float32 pixels -> (batch, dimension) raw CLS embeddings, float32."""
+    def _probe_batch(self, n: int) -> np.ndarray:
+        rng = np.random.default_rng(0)
+        return rng.standard_normal((n, 3, self.height, self.width)).astype(np.float32)
+
+    def info(self, preprocessing: dict) -> ModelInfo:
+        fingerprint = checkpoint.fingerprint(self.weights_id, checkpoint.canonical_config(self.config), preprocessing,
+                                             self.pooling, self.dtype_family)
+        return ModelInfo(model_id=self.source.name, revision="" if self.source.folder else
+                         (getattr(self.config, "_commit_hash", None) or self.source.revision or ""),
+                         dimension=self.dimension, image_height=self.height, image_width=self.width,
+                         device=str(self.device), dtype=self.dtype, fingerprint=fingerprint, pooling=self.pooling,
+                         preprocessing=self.preset, dtype_reason=self.dtype_reason)
+
+    def _forward(self, pixel_values: np.ndarray) -> torch.Tensor:
         batch = torch.from_numpy(pixel_values)
         if self.device.type == "cuda":
             # Pinned host memory lets the copy run asynchronously with the previous batch's work.
             batch = batch.pin_memory().to(self.device, non_blocking=True)
         with torch.inference_mode(), self._autocast():
-            hidden = self.model(pixel_values=batch).last_hidden_state
-            return hidden[:, 0].float().cpu().numpy()
+            return pool(self.model, batch, self.pooling)
+
+    def embed(self, pixel_values: np.ndarray) -> np.ndarray:
+        """(batch, channels, height, width) float32 pixels -> (batch, dimension) raw embeddings, float32."""
+        return self._forward(pixel_values).float().cpu().numpy()
 
     def _autocast(self):
         if self.compute_dtype == torch.float32:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.compute_dtype)
 
+    def _choose_dtype(self, requested: str) -> tuple[str, str]:
+        """`auto`: times float32 and the lower precisions this device has on a warm-up batch, and takes the
+        fastest whose embeddings keep cosine >= AUTO_DTYPE_MIN_COSINE to float32's (machines of one kind
+        differ: without native bfloat16, bfloat16 ran 7x slower than float32 here)."""
+        if requested != "auto":
+            return requested, "asked for"
+        batch = self._probe_batch(AUTO_DTYPE_BATCH)
+        candidates = ["float32", "bfloat16"] + (["float16"] if self.device.type == "cuda" else [])
+        timings, reference = {}, None
+        for name in candidates:
+            self.compute_dtype = DTYPES[name]
+            try:
+                vectors = self.embed(batch)
+                timings[name] = min(self._time(batch) for _ in range(3))
+            except RuntimeError as err:
+                log.info("dtype %s unusable here: %s", name, checkpoint.first_line(err))
+                continue
+            if reference is None:
+                reference = vectors
+            cosine = float(np.min(np.sum(unit(vectors) * unit(reference), axis=1)))
+            if cosine < AUTO_DTYPE_MIN_COSINE:
+                log.info("dtype %s: cosine %.6f to float32, below %g", name, cosine, AUTO_DTYPE_MIN_COSINE)
+                timings.pop(name)
+        self.compute_dtype = torch.float32
+        best = min(timings, key=timings.get)
+        measured = ", ".join(f"{name} {seconds * 1000:.1f} ms" for name, seconds in timings.items())
+        return best, f"auto: fastest faithful on a batch of {AUTO_DTYPE_BATCH} ({measured})"
+
+    def _family_of(self, name: str) -> str:
+        """What the fingerprint records of the dtype: "float32-faithful" for float32 and for any lower precision
+        whose embeddings keep cosine >= AUTO_DTYPE_MIN_COSINE to float32's on the probe batch (so replicas
+        whose `auto` timed differently still share one space), else the dtype's own name."""
+        if name == "float32":
+            return "float32-faithful"
+        batch = self._probe_batch(AUTO_DTYPE_BATCH)
+        chosen = self.compute_dtype
+        self.compute_dtype = torch.float32
+        reference = self.embed(batch)
+        self.compute_dtype = chosen
+        cosine = float(np.min(np.sum(unit(self.embed(batch)) * unit(reference), axis=1)))
+        return "float32-faithful" if cosine >= AUTO_DTYPE_MIN_COSINE else name
+
+    def _time(self, batch: np.ndarray) -> float:
+        started = time.perf_counter()
+        self.embed(batch)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - started
+
     def warm_up(self, max_batch_size: int) -> None:
         """Forward passes before serving, so the first callers do not pay for lazy initialisation; on a GPU
         also at the largest batch, which picks its kernels."""
-        shape = (3, self.info.image_height, self.info.image_width)
-        self.embed(np.zeros((1, *shape), dtype=np.float32))
+        self.embed(self._probe_batch(1))
         if self.device.type == "cuda":
-            self.embed(np.zeros((max_batch_size, *shape), dtype=np.float32))
+            self.embed(self._probe_batch(max_batch_size))
+
+
+def unit(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.linalg.norm(vectors.astype(np.float64), axis=1, keepdims=True)

@@ -17,51 +17,56 @@ STREAM_SHARE = 0.75
 
 
 class Capacity:
-    """Counts images admitted and not yet finished, so memory stays bounded whatever the load."""
+    """Counts images admitted and not yet finished, and the encoded bytes they hold, so memory stays bounded
+    whatever the load."""
 
-    def __init__(self, limit: int):
-        self.limit = limit
+    def __init__(self, limit: int, bytes_limit: int):
+        self.limit, self.bytes_limit = limit, bytes_limit
         self.stream_limit = max(1, int(limit * STREAM_SHARE))
-        self.in_use = 0
-        self.streams_in_use = 0
+        self.in_use = self.streams_in_use = self.bytes_in_use = 0
         self._lock = threading.Lock()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
 
-    def try_acquire(self, n: int) -> bool:
+    def try_acquire(self, n: int, nbytes: int) -> bool:
         with self._lock:
-            if self.in_use + n > self.limit:
+            if self.in_use + n > self.limit or self.bytes_in_use + nbytes > self.bytes_limit:
                 return False
             self.in_use += n
+            self.bytes_in_use += nbytes
             return True
 
-    def _try_acquire_for_stream(self) -> bool:
+    def _try_acquire_for_stream(self, nbytes: int) -> bool:
         with self._lock:
-            if self.in_use >= self.limit or self.streams_in_use >= self.stream_limit:
+            if (self.in_use >= self.limit or self.streams_in_use >= self.stream_limit
+                    or self.bytes_in_use + nbytes > STREAM_SHARE * self.bytes_limit):
                 return False
             self.in_use += 1
             self.streams_in_use += 1
+            self.bytes_in_use += nbytes
             return True
 
-    async def acquire_for_stream(self) -> None:
+    async def acquire_for_stream(self, nbytes: int) -> None:
         """Waits for room for one streamed image (flow control: a fast stream is slowed, not refused)."""
-        while not self._try_acquire_for_stream():
+        loop = asyncio.get_running_loop()
+        while not self._try_acquire_for_stream(nbytes):
             freed = asyncio.Event()
             with self._lock:
-                self._waiters.append((asyncio.get_running_loop(), freed))
+                self._waiters.append((loop, freed))
             try:
-                if self._try_acquire_for_stream():
+                if self._try_acquire_for_stream(nbytes):
                     return
                 await asyncio.wait_for(freed.wait(), 0.5)
             except asyncio.TimeoutError:
                 pass
             finally:
                 with self._lock:
-                    if (asyncio.get_running_loop(), freed) in self._waiters:
-                        self._waiters.remove((asyncio.get_running_loop(), freed))
+                    if (loop, freed) in self._waiters:
+                        self._waiters.remove((loop, freed))
 
-    def release(self, n: int, streamed: int = 0) -> None:
+    def release(self, n: int, nbytes: int, streamed: int = 0) -> None:
         with self._lock:
             self.in_use -= n
+            self.bytes_in_use -= nbytes
             self.streams_in_use -= streamed
             waiters, self._waiters = self._waiters, []
         for loop, freed in waiters:
@@ -72,24 +77,24 @@ class Pipeline:
     """Decodes and preprocesses in `workers` threads, overlapping the forward passes of the batcher."""
 
     def __init__(self, preprocess: Callable[[bytes, str], np.ndarray], batcher: Batcher, workers: int,
-                 max_queue: int):
+                 max_queue: int, max_queue_bytes: int):
         self.preprocess = preprocess
         self.batcher = batcher
-        self.capacity = Capacity(max_queue)
+        self.capacity = Capacity(max_queue, max_queue_bytes)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preprocess")
 
-    def admit_or_refuse(self, n: int) -> None:
-        """Reserves room for n images now, or raises Overloaded (unary calls fail fast)."""
-        if n > self.capacity.limit or not self.capacity.try_acquire(n):
+    def admit_or_refuse(self, n: int, nbytes: int) -> None:
+        """Reserves room for n images of nbytes in all now, or raises Overloaded (unary calls fail fast)."""
+        if not self.capacity.try_acquire(n, nbytes):
             raise Overloaded(
-                f"embedder overloaded: {self.capacity.in_use} images in flight, limit {self.capacity.limit}; "
-                f"retry in about {self.retry_hint_ms()} ms"
-            )
+                f"embedder overloaded: {self.capacity.in_use} images ({self.capacity.bytes_in_use} bytes) in "
+                f"flight, limits {self.capacity.limit} and {self.capacity.bytes_limit} bytes; retry in about "
+                f"{self.retry_hint_ms()} ms")
 
-    async def admit_streamed(self) -> None:
+    async def admit_streamed(self, nbytes: int) -> None:
         """Reserves room for one streamed image, waiting as long as needed (streams slow down instead of
         failing), within the streams' share of the queue."""
-        await self.capacity.acquire_for_stream()
+        await self.capacity.acquire_for_stream(nbytes)
 
     def retry_hint_ms(self) -> int:
         return max(10, int(1000 * self.batcher.max_delay_s * 2))
@@ -97,7 +102,7 @@ class Pipeline:
     def submit(self, data: bytes, label: str, streamed: bool = False) -> Future:
         """Embeds one admitted image; the future gives its raw embedding or raises InvalidImage."""
         result: Future = Future()
-        result.add_done_callback(lambda _: self.capacity.release(1, 1 if streamed else 0))
+        result.add_done_callback(lambda _: self.capacity.release(1, len(data), 1 if streamed else 0))
         preprocessed = self._pool.submit(self.preprocess, data, label)
         preprocessed.add_done_callback(lambda done: self._forward(done, result))
         return result

@@ -10,7 +10,7 @@ from embedder_service.batcher import Batcher
 from embedder_service.config import EmbedderConfig
 from embedder_service.model import EmbeddingModel
 from embedder_service.pipeline import Pipeline
-from embedder_service.preprocess import make_preprocessor
+from embedder_service.preprocess import Limits, make_preprocessor
 from embedder_service.servicer import EmbedderServicer
 from imgsim.server.metrics import Metrics
 from imgsim.server.runner import BadServingConfig, Health, RunningServer, StartAborted, run_in_background, start_server
@@ -30,27 +30,32 @@ class EmbedderServer(RunningServer):
         return self.servicer.pipeline
 
 
-def embedder_metrics(metrics: Metrics) -> Callable[[int, list[float]], None]:
-    """Registers the embedder's per-batch metrics; returns the batcher's callback that feeds them."""
+def embedder_metrics(metrics: Metrics) -> tuple[Callable[[int, list[float]], None], Callable[[str], None]]:
+    """Registers the embedder's per-batch and per-failure metrics; returns the callbacks that feed them."""
     waits = metrics.histogram("imgsim_embedder_queue_wait_seconds", "time an image waited for its forward pass")
     sizes = metrics.histogram("imgsim_embedder_batch_size", "images per forward pass", buckets=BATCH_BUCKETS)
     images = metrics.counter("imgsim_embedder_images", "images embedded (rate() gives images/s)")
+    failed = metrics.counter("imgsim_embedder_images_failed", "images refused, by reason", ["reason"])
 
     def on_batch(size: int, queue_waits: list[float]) -> None:
         sizes.observe(size)
         images.inc(size)
         for wait in queue_waits:
             waits.observe(wait)
-    return on_batch
+    return on_batch, lambda reason: failed.labels(reason).inc()
 
 
-def load_pipeline(config: EmbedderConfig, model: EmbeddingModel | None, on_batch) -> tuple[EmbeddingModel, Pipeline]:
+def load_pipeline(config: EmbedderConfig, model: EmbeddingModel | None, on_batch):
+    """The model, its info (fingerprint included) and the pipeline that feeds it."""
     model = model or EmbeddingModel(config.model, config.revision, config.device, config.dtype,
-                                    config.trust_remote_code)
+                                    config.trust_remote_code, config.pooling, config.preprocessing)
     batcher = Batcher(model.embed, config.max_batch_size, config.max_batch_delay_ms / 1000.0, on_batch)
-    preprocess = make_preprocessor(model.processor, config.max_image_pixels, config.fast_preprocess, config.jpeg_draft)
+    preprocess = make_preprocessor(model.processor, Limits(config.max_image_pixels, config.max_decoded_bytes),
+                                   config.preprocessing, config.fast_preprocess, config.draft_decode)
     model.warm_up(config.max_batch_size)
-    return model, Pipeline(preprocess, batcher, config.preprocess_workers, config.max_queue)
+    info = model.info(preprocess.describe())
+    pipeline = Pipeline(preprocess, batcher, config.preprocess_workers, config.max_queue, config.max_queue_bytes)
+    return model, info, pipeline
 
 
 async def start(config: EmbedderConfig, stopping: threading.Event | None = None,
@@ -66,9 +71,9 @@ async def start(config: EmbedderConfig, stopping: threading.Event | None = None,
     server, port, metrics_port = await start_server(
         config.serving, lambda s: embedder_pb2_grpc.add_EmbedderServicer_to_server(servicer, s), SERVICE_NAME,
         health, metrics)
-    on_batch = embedder_metrics(metrics)
+    on_batch, on_failed = embedder_metrics(metrics)
     try:
-        model, pipeline = await asyncio.to_thread(load_pipeline, config, model, on_batch)
+        model, info, pipeline = await asyncio.to_thread(load_pipeline, config, model, on_batch)
     except BaseException:
         await server.stop(0)
         metrics.stop()
@@ -80,7 +85,8 @@ async def start(config: EmbedderConfig, stopping: threading.Event | None = None,
         raise StartAborted("stopped while loading the model")
     metrics.gauge("imgsim_embedder_queue_depth", "images admitted and not yet embedded",
                   lambda: pipeline.capacity.in_use)
-    servicer.info, servicer.pipeline = model.info, pipeline
+    servicer.info, servicer.pipeline, servicer.on_failed = info, pipeline, on_failed
+    servicer.draft_decode = config.draft_decode and hasattr(pipeline.preprocess, "reduce_to")
     await health.set_serving(True)
     log.info("embedder serving %s on %s:%d (metrics port %s)", config.model, config.serving.host, port, metrics_port)
     return EmbedderServer(server, port, health, config.serving, metrics, metrics_port, pipeline.stop,

@@ -12,7 +12,7 @@ from embedder_service.errors import (DeadlineExceeded, EmbedderError, InvalidIma
                                      status_code_for, status_for)
 from embedder_service.model import ModelInfo
 from embedder_service.pipeline import Pipeline
-from embedder_service.preprocess import describe
+from embedder_service.decoding import describe
 from imgsim import vectors
 from imgsim.streams import idle_limited
 from imgsim.v1 import common_pb2, embedder_pb2, embedder_pb2_grpc
@@ -29,9 +29,11 @@ def normalised(vector: np.ndarray) -> np.ndarray:
 def image_problem(image: embedder_pb2.Image, label: str, max_image_bytes: int) -> InvalidImage | None:
     """What is wrong with an image before decoding it, if anything."""
     if len(image.id.encode()) > MAX_ID_BYTES:
-        return InvalidImage(f"{label}: id is {len(image.id.encode())} bytes, over the limit of {MAX_ID_BYTES}")
+        return InvalidImage(f"{label}: id is {len(image.id.encode())} bytes, over the limit of {MAX_ID_BYTES}",
+                            "bad_id")
     if len(image.data) > max_image_bytes:
-        return InvalidImage(f"{label}: {len(image.data)} bytes is over the limit of {max_image_bytes} bytes")
+        return InvalidImage(f"{label}: {len(image.data)} bytes is over the limit of {max_image_bytes} bytes",
+                            "too_large")
     return None
 
 
@@ -41,13 +43,15 @@ def failed(error: Exception) -> Future:
     return future
 
 
-def to_result(image_id: str, future: Future, raw: bool) -> embedder_pb2.EmbedResult:
+def to_result(image_id: str, future: Future, raw: bool, on_failed=None) -> embedder_pb2.EmbedResult:
     error = future.exception()
     if error is None:
         vector = future.result()
         return embedder_pb2.EmbedResult(id=image_id, vector=vectors.to_proto(vector if raw else normalised(vector)))
     if not isinstance(error, EmbedderError):
         raise error
+    if on_failed is not None:
+        on_failed(getattr(error, "reason", "invalid"))
     return embedder_pb2.EmbedResult(
         id=image_id, error=common_pb2.ItemError(code=status_code_for(error).value[0], message=str(error)))
 
@@ -57,6 +61,16 @@ def seconds_left(context) -> float | None:
     remaining = context.time_remaining()
     return None if remaining is None or remaining > 1e6 else max(remaining, 0.0)
 
+
+
+async def wait_for_all(futures: list[Future], timeout: float | None) -> set:
+    """Waits for the futures (their outcomes are read later, from them); returns those not done in time."""
+    waiting = [asyncio.wrap_future(future) for future in futures]
+    _, not_done = await asyncio.wait(waiting, timeout=timeout)
+    for future in waiting:  # marks a failure as seen, or asyncio logs "exception was never retrieved"
+        if future.done() and not future.cancelled():
+            future.exception()
+    return not_done
 
 class Window:
     """The images a stream has read ahead of the results it sent back, in order, at most `size` of them."""
@@ -95,6 +109,8 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         self.max_image_bytes = max_image_bytes
         self.max_batch_size = max_batch_size
         self.stream_idle_s = stream_idle_s
+        self.on_failed = None  # told each failed image's reason, for metrics
+        self.draft_decode = False
 
     def _check_ready(self) -> None:
         if self.pipeline is None:
@@ -108,8 +124,8 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         """The image's embedding to come, or its error now (admission is the caller's)."""
         label = describe(position, image.id)
         problem = image_problem(image, label, self.max_image_bytes)
-        if problem is not None:
-            self.pipeline.capacity.release(1, 1 if streamed else 0)  # admitted, but it never reaches the pipeline
+        if problem is not None:  # admitted, but it never reaches the pipeline
+            self.pipeline.capacity.release(1, len(image.data), 1 if streamed else 0)
             return failed(problem)
         return self.pipeline.submit(image.data, label, streamed)
 
@@ -119,11 +135,10 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
             if not request.images:
                 raise InvalidRequest("no images in the request")
             self._check_count(request.images)
-            self.pipeline.admit_or_refuse(len(request.images))
+            self.pipeline.admit_or_refuse(len(request.images), sum(len(image.data) for image in request.images))
             futures = [self._submit(image, i) for i, image in enumerate(request.images)]
             try:
-                done, not_done = await asyncio.wait([asyncio.wrap_future(f) for f in futures],
-                                                    timeout=seconds_left(context))
+                not_done = await wait_for_all(futures, seconds_left(context))
             except asyncio.CancelledError:
                 for future in futures:
                     future.cancel()
@@ -132,7 +147,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
                 for future in futures:
                     future.cancel()
                 raise DeadlineExceeded(f"deadline passed with {len(not_done)} of {len(futures)} images not embedded")
-            results = [to_result(image.id, f, request.raw) for image, f in zip(request.images, futures)]
+            results = [to_result(image.id, f, request.raw, self.on_failed) for image, f in zip(request.images, futures)]
             if all(r.HasField("error") for r in results):
                 raise InvalidRequest("no image could be embedded: " + "; ".join(r.error.message for r in results))
             return embedder_pb2.EmbedResponse(results=results, model_fingerprint=self.info.fingerprint)
@@ -156,7 +171,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
                 if batch is None:
                     break
                 yield embedder_pb2.EmbedStreamResponse(
-                    results=[to_result(image_id, future, raw) for image_id, future, raw in batch],
+                    results=[to_result(image_id, future, raw, self.on_failed) for image_id, future, raw in batch],
                     model_fingerprint=self.info.fingerprint)
         except Exception as err:
             if isinstance(err, grpc.aio.AbortError):
@@ -177,7 +192,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
                     raw = request.raw
                 self._check_count(request.images)
                 for image in request.images:
-                    await self.pipeline.admit_streamed()
+                    await self.pipeline.admit_streamed(len(image.data))
                     future = self._submit(image, position, streamed=True)
                     try:
                         await pending.put((image.id, future, raw))
@@ -198,7 +213,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
             return None
         if isinstance(item, Exception):
             raise item
-        await asyncio.wait([asyncio.wrap_future(item[1])])
+        await wait_for_all([item[1]], None)
         batch = [item]
         while len(batch) < self.max_batch_size:
             following = pending.peek()
@@ -217,4 +232,5 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         return embedder_pb2.GetModelInfoResponse(
             model_id=info.model_id, revision=info.revision, dimension=info.dimension, image_height=info.image_height,
             image_width=info.image_width, device=info.device, dtype=info.dtype, model_fingerprint=info.fingerprint,
-            max_batch_size=self.max_batch_size)
+            max_batch_size=self.max_batch_size, pooling=info.pooling, preprocessing=info.preprocessing,
+            dtype_reason=info.dtype_reason, draft_decode=self.draft_decode)

@@ -29,20 +29,24 @@ def png(image) -> str:
 def main() -> None:
     from datasets import load_dataset
 
-    from embedder_service.model import EmbeddingModel
-    from embedder_service.preprocess import ReferencePreprocessor
+    from embedder_service.config import EmbedderConfig
+    from embedder_service.server import load_pipeline
+    from imgsim.assets import DEFAULT_DATASET
 
-    test = load_dataset(str(ROOT / "assets" / "digits"), split="test")
-    model = EmbeddingModel(str(ROOT / "assets" / "vit-digits"))
+    test = load_dataset(DEFAULT_DATASET, split="test")
+    # The fingerprint the services' defaults serve, float32 (what `--dtype auto` picks on machines without
+    # native bfloat16; on others start the embedder with --dtype float32 for these files).
+    model, info, pipeline = load_pipeline(EmbedderConfig(dtype="float32"), None, None)
     images = [{"id": f"digit-{i}", "data": png(test[i]["image"])} for i in range(8)]
-    pixels = ReferencePreprocessor(model.processor, 10**9)(base64.b64decode(images[0]["data"]), "query")
+    pixels = pipeline.preprocess(base64.b64decode(images[0]["data"]), "query")
+    pipeline.stop()
     query = model.embed(pixels[None])[0]
     query = (query / np.linalg.norm(query)).astype("<f4")
     OUT.mkdir(parents=True, exist_ok=True)
     files = {
         "embed.json": {"images": images},
         "embed_stream.json": [{"images": [image]} for image in images],
-        "search.json": {"model_fingerprint": model.info.fingerprint, "k": 5,
+        "search.json": {"model_fingerprint": info.fingerprint, "k": 5,
                         "queries": [{"float32_le": base64.b64encode(query.tobytes()).decode()}]},
     }
     for name, content in files.items():

@@ -2,9 +2,9 @@
 
 The write-up searches the `beans` dataset; nothing here can download it, so this script makes a small
 stand-in with the same shape (an `image` Image column, a `labels` ClassLabel column, train and test
-splits) from images that scikit-learn ships. Run once; its output is committed under assets/.
+splits) from images that scikit-learn ships. Run once; its output is committed under imgsim/assets/.
 
-    python scripts/make_default_dataset.py [--out assets/digits]
+    python scripts/make_default_dataset.py [--out imgsim/assets/digits]
 """
 
 import argparse
@@ -40,7 +40,7 @@ def stratified_split(labels: np.ndarray, rng: np.random.Generator) -> tuple[np.n
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("assets/digits"), help="output folder")
+    parser.add_argument("--out", type=Path, default=Path("imgsim/assets/digits"), help="output folder")
     args = parser.parse_args()
 
     # Imported here so that only this build step needs scikit-learn and datasets.

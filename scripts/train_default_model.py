@@ -2,11 +2,11 @@
 
 The write-up's checkpoint (`nateraw/vit-base-beans`) is a ViT fine-tuned to classify its dataset, and its
 CLS embedding is what the search compares. This script makes the same kind of checkpoint offline: a
-`ViTForImageClassification` trained from scratch on assets/digits, saved in the Hugging Face format
+`ViTForImageClassification` trained from scratch on imgsim/assets/digits, saved in the Hugging Face format
 (config.json, model.safetensors, preprocessor_config.json) so the embedder loads it through the very same
 `AutoModel`/`AutoImageProcessor` path as a hub checkpoint. A few minutes on a CPU; its output is committed.
 
-    python scripts/train_default_model.py [--dataset assets/digits] [--out assets/vit-digits]
+    python scripts/train_default_model.py [--dataset imgsim/assets/digits] [--out imgsim/assets/vit-digits]
 """
 
 import argparse
@@ -64,8 +64,8 @@ def accuracy(model, pixels: torch.Tensor, labels: torch.Tensor) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="assets/digits", help="dataset folder or hub id")
-    parser.add_argument("--out", type=Path, default=Path("assets/vit-digits"), help="output folder")
+    parser.add_argument("--dataset", default="imgsim/assets/digits", help="dataset folder or hub id")
+    parser.add_argument("--out", type=Path, default=Path("imgsim/assets/vit-digits"), help="output folder")
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)

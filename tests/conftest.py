@@ -4,15 +4,19 @@ import io
 from pathlib import Path
 
 import grpc
+import hypothesis  # noqa: F401  imported here, at a shallow stack: see below
 import numpy as np
 import pytest
 from PIL import Image
 
 from imgsim.server.config import ServingConfig
 
+# Python 3.11.7's AST validator miscounts its recursion depth when a module is first parsed deep inside a
+# hook chain (pytest rewriting hypothesis at the terminal summary of a run that never imported it), and the
+# run ends in "SystemError: AST constructor recursion depth mismatch". Importing it up front avoids that.
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED_MODEL = ROOT / "assets" / "vit-digits"
-SHIPPED_DATASET = ROOT / "assets" / "digits"
+SHIPPED_MODEL = ROOT / "imgsim" / "assets" / "vit-digits"
+SHIPPED_DATASET = ROOT / "imgsim" / "assets" / "digits"
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -58,11 +62,23 @@ def second_vit(tmp_path_factory) -> Path:
 
 
 def start_embedder(model: Path, serving: ServingConfig = ServingConfig(), **overrides):
-    """An in-process embedder on 127.0.0.1, port 0 unless `serving` says otherwise."""
+    """An in-process embedder on 127.0.0.1, port 0 unless `serving` says otherwise. float32 unless asked:
+    --dtype auto may pick bfloat16 on a machine with native support, and the oracles here are float32."""
     from embedder_service.config import EmbedderConfig
     from embedder_service.server import create_server
 
-    return create_server(EmbedderConfig(model=str(model), serving=serving, **overrides))
+    return create_server(EmbedderConfig(model=str(model), serving=serving, **{"dtype": "float32", **overrides}))
+
+
+def served_info(model: Path, **settings):
+    """The ModelInfo (fingerprint included) an embedder serving `model` with these settings reports."""
+    from embedder_service.config import EmbedderConfig
+    from embedder_service.server import load_pipeline
+
+    config = EmbedderConfig(model=str(model), **{"dtype": "float32", **settings})
+    embedding_model, info, pipeline = load_pipeline(config, None, None)
+    pipeline.stop()
+    return info
 
 
 def start_index(data_dir: Path, serving: ServingConfig = ServingConfig(), **overrides):

@@ -81,6 +81,21 @@ def test_an_image_over_the_size_limit_is_refused_per_item(digits):
     assert f"{len(big)} bytes is over the limit of 600 bytes" in result.error.message
 
 
+def test_an_image_over_the_decoded_bytes_limit_is_refused_before_decoding(digits):
+    running = start_embedder(SHIPPED_MODEL, max_decoded_bytes=20_000)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = embedder_pb2_grpc.EmbedderStub(channel)
+            refused = embed_one(stub, png_bytes(Image.new("RGB", (100, 100), "gray")), "wide")
+            accepted = embed_one(stub, png_bytes(Image.new("L", (100, 100), "gray")), "grey")
+    finally:
+        running.stop(0)
+    assert refused.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "decodes to 30000 bytes (100x100 RGB), over the limit of 20000 (--max-decoded-bytes)" in \
+        refused.error.message
+    assert accepted.WhichOneof("outcome") == "vector"  # one byte a pixel: 10000 bytes, under the limit
+
+
 def test_an_over_long_id_is_refused_per_item(stub, digits):
     result = embed_one(stub, png_bytes(digit(digits)), image_id="i" * 300)
     assert "id is 300 bytes, over the limit of 256" in result.error.message

@@ -32,7 +32,7 @@ def test_embedder_flags_build_a_frozen_config(monkeypatch):
     ("embedder_service", "IMGSIM_EMBEDDER_TRUST_REMOTE_CODE", "maybe", "must be true or false"),
     # Environment values go through the same checks as flags, choices included.
     ("index_service", "IMGSIM_INDEX_KIND", "bogus", "must be one of flat, hnsw, ivfpq, lsh"),
-    ("embedder_service", "IMGSIM_EMBEDDER_DTYPE", "float64", "must be one of float32, bfloat16, float16"),
+    ("embedder_service", "IMGSIM_EMBEDDER_DTYPE", "float64", "must be one of auto, float32, bfloat16, float16"),
     ("index_service", "IMGSIM_INDEX_LOG_LEVEL", "LOUD", "must be one of DEBUG, INFO, WARNING, ERROR"),
     ("embedder_service", "IMGSIM_EMBEDDER_LOG_FORMAT", "xml", "must be one of text, json"),
     ("index_service", "IMGSIM_INDEX_STREAM_IDLE_S", "inf", "must be a finite number"),

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoImageProcessor, AutoModel
 
-from conftest import SHIPPED_MODEL, jpeg_bytes, photo_like, png_bytes, start_embedder
+from conftest import SHIPPED_MODEL, jpeg_bytes, photo_like, png_bytes, served_info, start_embedder
 from imgsim import vectors
 from imgsim.v1 import embedder_pb2, embedder_pb2_grpc
 
@@ -101,14 +101,16 @@ def test_model_info_describes_the_model_and_fingerprint_is_stable(stub, embedder
     assert (info.dimension, info.image_height, info.image_width) == (96, 32, 32)
     assert (info.device, info.dtype) == ("cpu", "float32")
     assert len(info.model_fingerprint) == 32
-    from embedder_service.model import EmbeddingModel
-    assert EmbeddingModel(str(SHIPPED_MODEL)).info.fingerprint == info.model_fingerprint
+    assert (info.pooling, info.preprocessing, info.draft_decode) == ("cls", "processor", True)
+    assert served_info(SHIPPED_MODEL).fingerprint == info.model_fingerprint
 
 
-def test_fingerprint_differs_between_models(stub, second_vit):
-    from embedder_service.model import EmbeddingModel
+def test_fingerprint_differs_between_models_and_settings_that_change_vectors(stub, second_vit):
     info = stub.GetModelInfo(embedder_pb2.GetModelInfoRequest())
-    assert EmbeddingModel(str(second_vit)).info.fingerprint != info.model_fingerprint
+    assert served_info(second_vit).fingerprint != info.model_fingerprint
+    variants = [served_info(SHIPPED_MODEL, **settings).fingerprint for settings in (
+        {"draft_decode": False}, {"pooling": "mean"}, {"preprocessing": "writeup"}, {"dtype": "bfloat16"})]
+    assert len(set(variants + [info.model_fingerprint])) == 5
 
 
 def test_bytes_that_are_not_an_image_fail_with_invalid_argument_naming_it(stub):

@@ -17,7 +17,7 @@ from transformers import AutoImageProcessor
 
 from conftest import SHIPPED_MODEL
 from embedder_service.errors import InvalidImage
-from embedder_service.preprocess import make_preprocessor
+from embedder_service.preprocess import Limits, make_preprocessor
 from imgsim.v1 import common_pb2, index_pb2
 from index_service import validation
 from index_service.errors import IndexServiceError
@@ -28,9 +28,10 @@ FUZZ = settings(max_examples=int(os.environ.get("IMGSIM_FUZZ_EXAMPLES", "300")),
                 database=DirectoryBasedExampleDatabase(str(CORPUS / "examples")),
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 PREPROCESS = {
-    "fast": make_preprocessor(AutoImageProcessor.from_pretrained(SHIPPED_MODEL), 4_000_000, fast=True, jpeg_draft=True),
-    "reference": make_preprocessor(AutoImageProcessor.from_pretrained(SHIPPED_MODEL), 4_000_000, fast=False,
-                                   jpeg_draft=False),
+    "fast": make_preprocessor(AutoImageProcessor.from_pretrained(SHIPPED_MODEL), Limits(4_000_000, 64 << 20),
+                              fast=True, draft=True),
+    "reference": make_preprocessor(AutoImageProcessor.from_pretrained(SHIPPED_MODEL), Limits(4_000_000, 64 << 20),
+                                   fast=False, draft=False),
 }
 
 

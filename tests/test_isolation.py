@@ -59,7 +59,8 @@ def test_client_loads_datasets_without_importing_torch():
         import sys
         from datasets import load_dataset
         import client
-        rows = load_dataset("assets/digits", split="test").select(range(3))
+        from imgsim.assets import DEFAULT_DATASET
+        rows = load_dataset(DEFAULT_DATASET, split="test").select(range(3))
         image = rows[0]["image"]
         assert not [m for m in sys.modules if m.split(".")[0] in ("torch", "transformers")]
         print("ok")

@@ -15,9 +15,9 @@ LOADTEST = ROOT / "loadtest"
 
 
 def test_the_search_data_matches_the_shipped_model():
-    from embedder_service.model import EmbeddingModel
+    from conftest import served_info
 
-    info = EmbeddingModel(str(SHIPPED_MODEL)).info
+    info = served_info(SHIPPED_MODEL)
     search = json.loads((LOADTEST / "data" / "search.json").read_text())
     assert search["model_fingerprint"] == info.fingerprint, "rerun python loadtest/make_data.py"
     vector = np.frombuffer(base64.b64decode(search["queries"][0]["float32_le"]), dtype="<f4")

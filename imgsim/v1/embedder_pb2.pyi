@@ -62,7 +62,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetModelInfoResponse(_message.Message):
-    __slots__ = ("model_id", "revision", "dimension", "image_height", "image_width", "device", "dtype", "model_fingerprint", "max_batch_size")
+    __slots__ = ("model_id", "revision", "dimension", "image_height", "image_width", "device", "dtype", "model_fingerprint", "max_batch_size", "pooling", "preprocessing", "dtype_reason", "draft_decode")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +72,10 @@ class GetModelInfoResponse(_message.Message):
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    POOLING_FIELD_NUMBER: _ClassVar[int]
+    PREPROCESSING_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_REASON_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_DECODE_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     revision: str
     dimension: int
@@ -81,4 +85,8 @@ class GetModelInfoResponse(_message.Message):
     dtype: str
     model_fingerprint: str
     max_batch_size: int
-    def __init__(self, model_id: _Optional[str] = ..., revision: _Optional[str] = ..., dimension: _Optional[int] = ..., image_height: _Optional[int] = ..., image_width: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., model_fingerprint: _Optional[str] = ..., max_batch_size: _Optional[int] = ...) -> None: ...
+    pooling: str
+    preprocessing: str
+    dtype_reason: str
+    draft_decode: bool
+    def __init__(self, model_id: _Optional[str] = ..., revision: _Optional[str] = ..., dimension: _Optional[int] = ..., image_height: _Optional[int] = ..., image_width: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., model_fingerprint: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., pooling: _Optional[str] = ..., preprocessing: _Optional[str] = ..., dtype_reason: _Optional[str] = ..., draft_decode: _Optional[bool] = ...) -> None: ...
