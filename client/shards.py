@@ -31,10 +31,11 @@ class Shard:
     number: int
     address: str
     stub: index_pb2_grpc.IndexStub
+    alone: bool  # the only shard: its number would only confuse
 
     @property
     def name(self) -> str:
-        return f"index shard {self.number} ({self.address})"
+        return f"index at {self.address}" if self.alone else f"index shard {self.number} ({self.address})"
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class ShardedIndex:
     """One or more index services used as one. With one address it is simply that index."""
 
     def __init__(self, channels: Sequence[grpc.Channel], addresses: Sequence[str], timeout: float):
-        self.shards = [Shard(i, a, index_pb2_grpc.IndexStub(c)) for i, (a, c) in enumerate(zip(addresses, channels))]
+        self.shards = [Shard(i, a, index_pb2_grpc.IndexStub(c), len(addresses) == 1) for i, (a, c) in enumerate(zip(addresses, channels))]
         self.timeout = timeout
 
     def _by_shard(self, ids: Sequence[str]) -> dict[int, list[int]]:

@@ -53,9 +53,9 @@ def test_an_embedder_killed_mid_stream_is_retried_and_the_stream_completes(digit
     vectors = outcome["vectors"]
     assert vectors.shape == (3000, 96)
     from embedder_service.model import EmbeddingModel
-    from embedder_service.preprocess import ReferencePreprocessor
-    model = EmbeddingModel(str(SHIPPED_MODEL))
-    preprocess = ReferencePreprocessor(model.processor, 10**9)
+    from embedder_service.preprocess import Limits, ReferencePreprocessor
+    model = EmbeddingModel(str(SHIPPED_MODEL), dtype="float32")
+    preprocess = ReferencePreprocessor(model.processor, Limits(10**9, 1 << 34))
     sample = [0, 1500, 2999]
     expected = model.embed(np.stack([preprocess(images[i], "x") for i in sample]))
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
@@ -102,7 +102,9 @@ def test_searches_during_an_index_restart_fail_only_with_unavailable_then_recove
         time.sleep(1.5)
         ok_before_restart = codes["OK"]
         index = start("index_service", port, "--data-dir", str(tmp_path))
-        time.sleep(1.0)
+        deadline = time.monotonic() + 60  # a busy machine may take a while to start it: wait for answers
+        while codes["OK"] <= ok_before_restart + 20 and time.monotonic() < deadline:
+            time.sleep(0.1)
     finally:
         stop.set()
         load.join(30)
