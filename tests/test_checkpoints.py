@@ -357,3 +357,39 @@ def test_the_dtype_enters_the_fingerprint_only_when_it_changes_the_vectors():
     assert same == (low.dtype_family == "float32-faithful")
     if cosine < AUTO_DTYPE_MIN_COSINE - 1e-4:  # clearly unfaithful on real images: it must not pass as float32
         assert not same
+
+
+def test_during_a_rolling_upgrade_each_vector_is_written_under_the_model_that_made_it(tmp_path, index):
+    """Two replicas behind one round-robin client serve different models of one dimension: no vector may be
+    filed under the other's fingerprint (the old SDK cached one fingerprint for all)."""
+    import shutil
+    from client import ModelMismatch, SimilarityClient
+    upgraded = tmp_path / "upgraded"
+    shutil.copytree(SHIPPED_MODEL, upgraded)
+    config = json.loads((upgraded / "preprocessor_config.json").read_text())
+    config["image_mean"] = [0.4, 0.4, 0.4]
+    (upgraded / "preprocessor_config.json").write_text(json.dumps(config))
+    old, new = start_embedder(SHIPPED_MODEL), start_embedder(upgraded)
+    images = photos(12, (32, 32))
+    try:
+        with SimilarityClient(embedder=[f"127.0.0.1:{old.port}", f"127.0.0.1:{new.port}"],
+                              index=f"127.0.0.1:{index.port}") as client:
+            refused = 0
+            for n, image in enumerate(images):
+                try:
+                    client.add([image], ids=[f"i{n}"])
+                except ModelMismatch:
+                    refused += 1
+            stored = list(client.scroll(with_vectors=True))
+            fingerprint = client.list_collections()[0].model_fingerprint
+        with SimilarityClient(embedder=f"127.0.0.1:{old.port}") as one:
+            old_fp, old_vectors = one.fingerprint, one.embed(images)
+        with SimilarityClient(embedder=f"127.0.0.1:{new.port}") as one:
+            new_vectors = one.embed(images)
+    finally:
+        old.stop(0)
+        new.stop(0)
+    assert refused > 0 and stored and refused + len(stored) == len(images)  # both replicas answered
+    expected = old_vectors if fingerprint == old_fp else new_vectors
+    for item in stored:
+        np.testing.assert_allclose(item.vector, expected[int(item.id[1:])], atol=1e-6)
