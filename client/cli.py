@@ -123,6 +123,8 @@ def print_json(value) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.command == "demo":
+        from client.commands import require
+        require("datasets", "imgsim demo")
         from client.demo import DemoOptions, run_demo
         return run_demo(DemoOptions.from_args(args))
     if args.command == "loadtest":

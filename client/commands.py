@@ -46,7 +46,16 @@ def index_command(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+def require(module: str, what: str) -> None:
+    """A plain refusal when an optional part is missing: the client extra leaves datasets and pyarrow out."""
+    import importlib.util
+    if importlib.util.find_spec(module) is None:
+        raise UsageError(f"{what} needs {module}, which `pip install imgsim[client]` leaves out: "
+                         "pip install 'imgsim[client,datasets]'")
+
+
 def load_split(dataset: str, split: str, streaming: bool):
+    require("datasets", "--dataset")
     from datasets import get_dataset_split_names, load_dataset
     from datasets.exceptions import DatasetNotFoundError
 
@@ -74,10 +83,12 @@ def index_only_command(args: argparse.Namespace) -> int:
         elif args.command == "collections":
             return collections_command(client, args)
         elif args.command == "export":
+            require("pyarrow", "imgsim export")
             from client.export import export_collection
             written = export_collection(client, args.collection, args.out, parse_where(args.where), sys.stderr.isatty())
             print(f"exported {written} items of {args.collection!r} to {args.out}")
         elif args.command == "import":
+            require("pyarrow", "imgsim import")
             from client.export import import_collection
             if not args.file.is_file():
                 raise UsageError(f"no such file: {args.file}")

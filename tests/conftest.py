@@ -113,3 +113,27 @@ def embedder_channel(embedder):
 def index_channel(index):
     with grpc.insecure_channel(f"127.0.0.1:{index.port}") as channel:
         yield channel
+
+
+def pytest_collection_finish(session):
+    """Starts the one-part installs in the background when the packaging tests will run (see fresh_installs)."""
+    if any(item.module.__name__ == "test_packaging" for item in session.items):
+        import tempfile
+
+        import fresh_installs
+        root = Path(tempfile.mkdtemp(prefix="imgsim-fresh-installs-"))
+        session.config.fresh_installs = fresh_installs.FreshInstalls(root).start()
+
+
+def pytest_sessionfinish(session):
+    installs = getattr(session.config, "fresh_installs", None)
+    if installs is not None:
+        import shutil
+        for install in installs.installs.values():
+            install.done.wait(60)
+        shutil.rmtree(installs.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def fresh_installs(request):
+    return request.config.fresh_installs
