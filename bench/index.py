@@ -164,7 +164,7 @@ def run(size: int, kind: str, args, truth_cache: dict) -> None:
     server = Server(data_dir, kind, args.server_flag)
     try:
         server.start()
-        print(f"    snapshot policy: the default (--snapshot-every 100000 or a quarter of the collection)")
+        print("    snapshot policy: the default (--snapshot-every 100000 or a quarter of the collection)")
         with SimilarityClient(index=server.address, timeout=600) as client:
             probe = Probe(server.address, args.dim)
             probe.start()

@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "when unset", type=integer(1))
     options.add("--num-queries", None, "test images queried; all when unset", type=integer(1))
     options.add("--k", 5, "candidates per query", type=integer(1, 1000))
-    options.add("--shown", 5, "queries printed and drawn", type=integer(1, 100))
+    options.add("--shown", 5, "queries printed and drawn", type=integer(1, 10))
     options.add("--image-column", "image", "the dataset's image column")
     options.add("--label-column", "auto", "the dataset's label column (auto: label or labels)")
     options.add("--out", "demo-out", "folder for the picture and the local services' logs", type=Path)
@@ -54,6 +54,41 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--create", action="store_true", help="create the collection if it does not exist")
     index.add_argument("--skip-existing", action="store_true", help="skip ids the collection holds (resume a run)")
     index.add_argument("--batch-size", type=integer(1, 256), default=64, help="images per message [default 64]")
+
+    evaluation = commands.add_parser(
+        "eval", help="retrieval quality on your labelled images, through the services",
+        description="Embeds labelled queries and candidates through the embedder, searches them through the index "
+                    "(a scratch collection per --kinds, dropped afterwards; or an existing --collection) and reports "
+                    "precision@k, recall@k, mAP@k, MRR (overall and per class), the approximate kinds' recall "
+                    "against exact search, and search latency. Queries: image folders in an ImageFolder layout "
+                    "(the subfolder is the label) or --dataset/--split; candidates: --candidates folders or "
+                    "--candidates-split, else every query against all the others (leave-one-out).")
+    add_connection_options(evaluation, ("embedder", "index"))
+    evaluation.add_argument("paths", nargs="*", help="query image folders (ImageFolder layout)")
+    evaluation.add_argument("--candidates", nargs="+", default=None, metavar="PATH", help="candidate folders")
+    evaluation.add_argument("--dataset", help="a dataset folder or hub id instead of paths")
+    evaluation.add_argument("--split", default="test", help="the query split of --dataset [default test]")
+    evaluation.add_argument("--candidates-split", default=None,
+                            help="the candidate split of --dataset (shuffled with seed 42, as the write-up) "
+                                 "[default: leave-one-out on --split]")
+    evaluation.add_argument("--num-queries", type=integer(1), default=None, help="the first N queries [all]")
+    evaluation.add_argument("--num-candidates", type=integer(1), default=None, help="the first N candidates [all]")
+    evaluation.add_argument("--image-column", default="image", help="[default image]")
+    evaluation.add_argument("--label-column", default="auto", help="[default auto: label or labels]")
+    evaluation.add_argument("--k", type=integer(1, 999), default=10, help="[default 10]")
+    evaluation.add_argument("--kinds", default="flat", help="index kinds side by side, comma-separated, e.g. "
+                            "flat,hnsw,ivfpq,lsh [default flat]")
+    evaluation.add_argument("--collection", default=None,
+                            help="evaluate against this existing collection (its items, their 'label') instead")
+    evaluation.add_argument("--json", type=Path, default=None, help="write the JSON report here (schema "
+                            "imgsim-eval/1, docs/eval.md)")
+    evaluation.add_argument("--html", type=Path, default=None, help="write a self-contained HTML report here")
+    evaluation.add_argument("--png", type=Path, default=None, help="write the report as a PNG picture here")
+    evaluation.add_argument("--against", type=Path, default=None, help="a JSON report of an earlier run: print "
+                            "both side by side with a bootstrap interval for the precision@k difference")
+    evaluation.add_argument("--worst", type=integer(0, 100), default=8, help="worst queries in the HTML [8]")
+    evaluation.add_argument("--shown", type=integer(0, 100), default=3,
+                            help="sample queries printed with their top-k labels, as the write-up [3]")
 
     search = commands.add_parser("search", help="find the items most similar to image files")
     add_connection_options(search, ("embedder", "index"))
@@ -127,6 +162,9 @@ def run(args: argparse.Namespace) -> int:
         require("datasets", "imgsim demo")
         from client.demo import DemoOptions, run_demo
         return run_demo(DemoOptions.from_args(args))
+    if args.command == "eval":
+        from client.eval_command import eval_command
+        return eval_command(args)
     if args.command == "loadtest":
         from client.loadtest import main as loadtest
         return loadtest(args)

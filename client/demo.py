@@ -6,10 +6,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, ImageDraw
 
-from client.images import encoded
 from client.local_services import start_local_services
 from client.results import Hit
 from client.sdk import SimilarityClient
@@ -18,7 +16,6 @@ from imgsim.assets import DEFAULT_DATASET, DEFAULT_MODEL
 OFFLINE_MODEL = DEFAULT_MODEL
 OFFLINE_DATASET = DEFAULT_DATASET
 SEED = 42  # the write-up shuffles its candidates with seed 42
-MAX_QUERIES_PER_SEARCH = 1024
 CELL = 128
 
 
@@ -52,13 +49,6 @@ class DemoResult:
     grid_path: Path
 
 
-def precision_at_k(query_labels: list[str], hits: list[list[Hit]], k: int) -> float:
-    """Mean over queries of the share of the top-k candidates that carry the query's label."""
-    shares = [sum(str(h.metadata.get("label")) == label for h in found[:k]) / k
-              for label, found in zip(query_labels, hits)]
-    return float(np.mean(shares))
-
-
 def draw_grid(query_images: list[Image.Image], query_labels: list[str], hits: list[list[Hit]],
               candidate_image, path: Path) -> None:
     """Each query in the first column, its top-k to the right, with label and score under each."""
@@ -84,10 +74,7 @@ def run_demo(options: DemoOptions, say=print) -> int:
 
 
 def demo(options: DemoOptions, say=print) -> DemoResult:
-    from datasets import Image as ImageFeature
     from datasets import load_dataset
-
-    from client.ingest import pick_label_column
 
     dataset = load_dataset(options.dataset)
     train = dataset["train"]
@@ -97,8 +84,6 @@ def demo(options: DemoOptions, say=print) -> DemoResult:
     queries = dataset["test"]
     if options.num_queries:
         queries = queries.select(range(min(options.num_queries, len(queries))))
-    label_column = pick_label_column(queries, options.label_column)
-    names = getattr(queries.features[label_column], "names", None) if label_column else None
 
     data_dir = Path(tempfile.mkdtemp(prefix="imgsim-demo-index-"))
     services = None
@@ -123,28 +108,30 @@ def demo(options: DemoOptions, say=print) -> DemoResult:
             say(f"indexed {report.indexed} candidates into collection {options.collection!r} in "
                 f"{time.monotonic() - started:.1f} s" + (f", {len(report.failed)} failed" if report.failed else ""))
 
-            raw = queries.cast_column(options.image_column, ImageFeature(decode=False))
-            query_labels = [names[v] if names else v for v in queries[label_column]]
             started = time.monotonic()
-            embedded = client.embed([encoded(image) for image in raw[options.image_column]], return_fingerprint=True)
-            hits: list[list[Hit]] = []
-            for start in range(0, len(embedded.vectors), MAX_QUERIES_PER_SEARCH):
-                hits += client.search_vectors(embedded.vectors[start:start + MAX_QUERIES_PER_SEARCH], k=options.k,
-                                              fingerprint=embedded.fingerprint)
-            say(f"searched {len(hits)} queries in {time.monotonic() - started:.1f} s")
+            report = client.evaluate(queries, k=options.k, collection=options.collection,
+                                     image_column=options.image_column, label_column=options.label_column,
+                                     worst=0, progress=False)
+            say(f"embedded and searched {report.query_count} queries in {time.monotonic() - started:.1f} s")
+            samples = report.kinds[0].samples[:options.shown]
+            sources = {item_id: item.metadata["source"] for item_id, item in client.get(
+                sorted({hit["id"] for sample in samples for hit in sample["hits"]}), with_vectors=False).items()}
 
-        for label, found in list(zip(query_labels, hits))[:options.shown]:
-            say(f"Query label: {label}")
-            say(f"Top {options.k} candidate labels: [{', '.join(str(h.metadata.get('label', '?')) for h in found)}]")
-        score = precision_at_k([str(label) for label in query_labels], hits, options.k)
-        say(f"Mean precision@{options.k} over {len(hits)} test queries with {len(candidates)} candidates: {score:.4f}")
+        for sample in samples:
+            say(f"Query label: {sample['label']}")
+            say(f"Top {options.k} candidate labels: [{', '.join(hit['label'] for hit in sample['hits'])}]")
+        score = report.kinds[0].overall.precision_at_k
+        say(f"Mean precision@{options.k} over {report.query_count} test queries with {report.candidate_count} "
+            f"candidates: {score:.4f}")
 
-        shown = min(options.shown, len(hits))
         grid_path = options.out / "results.png"
-        draw_grid([queries[i][options.image_column] for i in range(shown)], query_labels[:shown], hits[:shown],
+        hits = [[Hit(hit["id"], hit["score"], {"label": hit["label"], "source": sources[hit["id"]]})
+                 for hit in sample["hits"]] for sample in samples]
+        draw_grid([queries[i][options.image_column] for i in range(len(samples))],
+                  [sample["label"] for sample in samples], hits,
                   lambda hit: train[int(hit.metadata["source"].rsplit("/", 1)[1])][options.image_column], grid_path)
         say(f"wrote {grid_path}")
-        return DemoResult(score, len(hits), len(candidates), grid_path)
+        return DemoResult(score, report.query_count, report.candidate_count, grid_path)
     finally:
         if services:
             services.stop()

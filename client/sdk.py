@@ -1,6 +1,7 @@
 """SimilarityClient: embeds images with the embedder service and searches them with the index service."""
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -391,6 +392,42 @@ class SimilarityClient:
         client.ingest.index_paths."""
         from client.ingest import index_paths
         return index_paths(self, paths, self._collection(collection), batch_size, progress, skip_existing)
+
+    def evaluate(self, queries, candidates=None, k: int = 10, kinds: Sequence[str] = ("flat",),
+                 collection: str | None = None, image_column: str = "image", label_column: str | None = "auto",
+                 worst: int = 8, progress: bool = True):
+        """Retrieval quality on labelled images, embedded and searched through the services (client.evaluation).
+
+        Args:
+            queries: a datasets.Dataset with an image and a label column, or image folders in an ImageFolder
+                layout (a path or a list of paths; the subfolder is the label).
+            candidates: the same kinds of input; None: each query against all the others (leave-one-out).
+            kinds: index kinds evaluated side by side, each in a scratch collection dropped afterwards.
+            collection: instead, search this existing collection (its items and their 'label' metadata).
+
+        Returns:
+            An EvalReport (plain dataclasses; .to_dict() is the JSON report of docs/eval.md).
+
+        Raises:
+            InvalidArgument: unlabelled images, no images, a bad k or kind.
+        """
+        from client.evaluation import evaluate, labelled
+        from client.ingest import BadInput, dataset_sources, path_sources
+
+        def labelled_set(given, name):
+            if hasattr(given, "features"):
+                sources, _ = dataset_sources(given, image_column, label_column)
+                return labelled(f"{given.info.dataset_name or 'dataset'}/{given.split or name}", list(sources))
+            paths = [str(given)] if isinstance(given, (str, os.PathLike)) else [str(p) for p in given]
+            sources, _ = path_sources(paths)
+            return labelled(" ".join(paths), list(sources))
+
+        try:
+            query_set = labelled_set(queries, "queries")
+            candidate_set = None if candidates is None else labelled_set(candidates, "candidates")
+            return evaluate(self, query_set, candidate_set, k, kinds, worst, progress, collection)
+        except BadInput as err:
+            raise InvalidArgument(str(err), grpc.StatusCode.INVALID_ARGUMENT) from None
 
 
 class EmbeddingFunction:

@@ -57,11 +57,15 @@ class FreshInstalls:
         return self
 
     def _build_wheel(self) -> None:
-        out = self.root / "wheel"
+        out, source = self.root / "wheel", self.root / "source"
         try:
+            # From a copy: setuptools keeps a build/ folder beside the sources, and files deleted from the
+            # sources would live on there and in the wheel.
+            shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+                ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "data", "demo-out", ".pytest_cache"))
             # --no-build-isolation: setuptools from this venv, so building needs no download.
             if run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    str(ROOT), "-w", str(out)], self.wheel_log) == 0:
+                    str(source), "-w", str(out)], self.wheel_log) == 0:
                 self.wheel = next(out.glob("imgsim-*.whl"))
         finally:
             self.wheel_ready.set()

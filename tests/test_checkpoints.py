@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, SHIPPED_MODEL, jpeg_bytes, png_bytes, served_info, start_embedder
+from conftest import ROOT, SHIPPED_MODEL, png_bytes, served_info, start_embedder
 from imgsim.v1 import embedder_pb2, embedder_pb2_grpc
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
