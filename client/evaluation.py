@@ -15,8 +15,11 @@ With queries but no separate candidates, each image is a query against all the o
 own item is never counted). Images without a label are refused: quality needs labels (docs in README).
 """
 
+import signal
+import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
@@ -51,6 +54,37 @@ def labelled(name: str, sources: Sequence[Source]) -> LabelledSet:
     if not kept:
         raise BadInput(f"{name}: no images")
     return LabelledSet(name, kept)
+
+
+# Ctrl-C. A KeyboardInterrupt raised at an arbitrary point can land inside gRPC's own locking and leave a
+# channel that never answers again, so the scratch collections could not be dropped. The first Ctrl-C only
+# asks to stop; the run stops at the next safe point (between images, batches, calls) and cleans up.
+
+STOP = threading.Event()
+
+
+@contextmanager
+def stop_at_safe_points():
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    STOP.clear()
+
+    def asked(signum, frame):
+        if STOP.is_set():  # a second Ctrl-C: stop now, whatever it leaves
+            raise KeyboardInterrupt
+        STOP.set()
+    previous = signal.signal(signal.SIGINT, asked)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        STOP.clear()
+
+
+def stop_if_asked() -> None:
+    if STOP.is_set():
+        raise KeyboardInterrupt
 
 
 # Metrics: plain numpy on label arrays, independent of how the hits were found.
@@ -161,6 +195,7 @@ def embed_set(client, images: LabelledSet, progress: bool) -> tuple[np.ndarray, 
     started = time.monotonic()
     with tqdm(total=len(items), desc=f"embedding {images.name}", unit="img", disable=not progress) as bar:
         for n, (result, fingerprint) in enumerate(client._embed_stream(lambda start: items[start:], 64)):
+            stop_if_asked()
             bar.update(1)
             if result.HasField("error"):
                 failed.append(f"{images.sources[n].where}: {result.error.message.split(': ', 1)[-1]}")
@@ -178,6 +213,7 @@ def embed_set(client, images: LabelledSet, progress: bool) -> tuple[np.ndarray, 
 def search_all(client, collection: str, vectors: np.ndarray, k: int, fingerprint: str, exact: bool) -> list:
     hits = []
     for start in range(0, len(vectors), SEARCH_BATCH):
+        stop_if_asked()
         hits += client.search_vectors(vectors[start:start + SEARCH_BATCH], k=k, fingerprint=fingerprint,
                                       collection=collection, exact=exact)
     return hits
@@ -187,6 +223,7 @@ def latencies_ms(client, collection: str, vectors: np.ndarray, k: int, fingerpri
     """Single-query calls, as an application makes them, on up to LATENCY_QUERIES queries."""
     timings = []
     for vector in vectors[:LATENCY_QUERIES]:
+        stop_if_asked()
         started = time.perf_counter()
         client.search_vectors(vector, k=k, fingerprint=fingerprint, collection=collection)
         timings.append(1000 * (time.perf_counter() - started))
@@ -253,8 +290,14 @@ def evaluate(client, queries: LabelledSet, candidates: LabelledSet | None = None
     collection instead (its items are the candidates) and changes nothing in it."""
     if not 1 <= k <= 999:
         raise BadInput(f"k must be from 1 to 999, got {k}")
-    if collection:
-        return in_collection(client, queries, collection, k, worst, progress)
+    with stop_at_safe_points():
+        if collection:
+            return in_collection(client, queries, collection, k, worst, progress)
+        return evaluate_kinds(client, queries, candidates, k, kinds, worst, progress)
+
+
+def evaluate_kinds(client, queries: LabelledSet, candidates: LabelledSet | None, k: int, kinds: Sequence[str],
+                   worst: int, progress: bool) -> EvalReport:
     leave_one_out = candidates is None
     query_vectors, query_positions, failed, fingerprint, seconds = embed_set(client, queries, progress)
     embedded = len(query_positions)
@@ -285,10 +328,11 @@ def evaluate(client, queries: LabelledSet, candidates: LabelledSet | None = None
     info = client.model_info()
     for kind in kinds:
         name = f"eval-{uuid.uuid4().hex[:10]}-{kind}"
-        client.create_collection(name, kind, fingerprint=fingerprint, dimension=query_vectors.shape[1])
-        try:
+        try:  # entered before the create: Ctrl-C may land after the server made it, before the reply
+            client.create_collection(name, kind, fingerprint=fingerprint, dimension=query_vectors.shape[1])
             client.upsert(candidate_ids, candidate_vectors, [{"label": label} for label in candidate_labels],
                           fingerprint=fingerprint, collection=name)
+            stop_if_asked()
             own = without_self(search_all(client, name, query_vectors, search_k, fingerprint, False), query_ids)
             exact = without_self(search_all(client, name, query_vectors, search_k, fingerprint, True), query_ids)
             latency = latencies_ms(client, name, query_vectors, k, fingerprint)

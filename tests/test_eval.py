@@ -114,3 +114,20 @@ def test_unlabelled_images_and_bad_options_are_refused_in_one_line(embedder, ind
     (tmp_path / "other.json").write_text(json.dumps({"schema": "something-else"}))
     done = imgsim_eval(embedder, index, "--against", str(tmp_path / "other.json"))
     assert done.returncode == 2 and "not an imgsim-eval/1 report" in done.stderr
+
+
+def test_ctrl_c_stops_cleanly_and_drops_the_scratch_collection(embedder, index, client):
+    import signal
+    import time
+    process = subprocess.Popen([sys.executable, "-m", "client.cli", "eval", "--dataset", str(SHIPPED_DATASET),
+                                "--candidates-split", "train", "--kinds", "flat,hnsw,lsh", "--embedder",
+                                f"127.0.0.1:{embedder.port}", "--index", f"127.0.0.1:{index.port}"], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(c.name.startswith("eval-") for c in client.list_collections()):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+    assert [c.name for c in client.list_collections()] == ["default"]
