@@ -183,6 +183,10 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
             for item in pending.drain():
                 if isinstance(item, tuple):
                     item[1].cancel()
+            try:  # let the reader finish cancelling, so no task outlives its call
+                await asyncio.wait([reader], timeout=1.0)
+            except (asyncio.CancelledError, RuntimeError):
+                pass
 
     async def _read(self, request_iterator, pending: "Window") -> None:
         position, raw = 0, None

@@ -112,13 +112,17 @@ def test_unary_embed_calls_keep_a_share_of_the_queue_beside_busy_streams(digits)
     images = [png_bytes(digits["test"][i]["image"]) for i in range(8)]
     stop = threading.Event()
 
+    calls = []
+
     def busy_stream():
         def requests():
             while not stop.is_set():
                 yield embedder_pb2.EmbedStreamRequest(images=[embedder_pb2.Image(data=d) for d in images])
         with grpc.insecure_channel(f"127.0.0.1:{embedder.port}") as channel:
+            call = embedder_pb2_grpc.EmbedderStub(channel).EmbedStream(requests())
+            calls.append(call)
             try:
-                for _ in embedder_pb2_grpc.EmbedderStub(channel).EmbedStream(requests()):
+                for _ in call:
                     pass
             except grpc.RpcError:
                 pass
@@ -131,7 +135,7 @@ def test_unary_embed_calls_keep_a_share_of_the_queue_beside_busy_streams(digits)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{embedder.port}") as channel:
             stub = embedder_pb2_grpc.EmbedderStub(channel)
-            for _ in range(40):
+            for _ in range(20):
                 try:
                     stub.Embed(embedder_pb2.EmbedRequest(images=[embedder_pb2.Image(data=images[0])]), timeout=10)
                     outcomes.append("OK")
@@ -139,10 +143,12 @@ def test_unary_embed_calls_keep_a_share_of_the_queue_beside_busy_streams(digits)
                     outcomes.append(err.code().name)
     finally:
         stop.set()
+        for call in calls:  # not a graceful end: the server would first embed all that is in flight
+            call.cancel()
         for thread in streams:
             thread.join(30)
         embedder.stop(0)
-    assert outcomes.count("OK") >= 36, outcomes  # the old queue refused 96 % of them
+    assert outcomes.count("OK") >= 18, outcomes  # the old queue refused 96 % of them
 
 
 @pytest.mark.parametrize("service", ["embedder", "index"])
