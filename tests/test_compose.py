@@ -51,18 +51,62 @@ def test_health_checks_probe_each_service_and_give_the_model_time_to_load():
 
 def test_the_embedder_can_scale_and_clients_reach_it_by_name():
     embedder = COMPOSE["services"]["embedder"]
-    assert "ports" not in embedder  # a fixed host port would stop --scale embedder=3
-    assert {"50051", "9101"} <= set(embedder["expose"])
+    # A host port range: each replica made by --scale takes one, and host apps can reach them.
+    host, ports, container = embedder["ports"][0].rsplit(":", 2)
+    low, high = (int(p) for p in ports.split("-"))
+    assert container == "50051" and high - low >= 2
     assert COMPOSE["services"]["client"]["environment"]["IMGSIM_EMBEDDER_ADDRESS"] == "embedder:50051"
     from client.channels import RETRY_SERVICE_CONFIG, channel_target
     assert channel_target("embedder:50051") == "dns:///embedder:50051"
     assert "round_robin" in RETRY_SERVICE_CONFIG
 
 
+def test_published_ports_bind_localhost_unless_told_otherwise():
+    for name, service in COMPOSE["services"].items():
+        for mapping in service.get("ports", []):
+            assert mapping.startswith("${IMGSIM_BIND:-127.0.0.1}:"), (name, mapping)
+
+
+def test_every_image_runs_as_a_non_root_user_and_the_gpu_profile_reserves_a_gpu():
+    for target in ("embedder", "embedder-gpu", "index", "client"):
+        assert "\nUSER imgsim" in "\n" + stage(target), target
+    gpu = COMPOSE["services"]["embedder-gpu"]
+    assert gpu["profiles"] == ["gpu"] and gpu["build"]["target"] == "embedder-gpu"
+    assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert "embedder" in gpu["networks"]["default"]["aliases"]
+    assert "torch==2.13.0+cpu" in stage("embedder") and '"torch==2.13.0"' in stage("embedder-gpu")
+    for name in ("embedder", "embedder-gpu"):  # one Hugging Face cache for every replica
+        assert "hf-cache:/cache/huggingface" in COMPOSE["services"][name]["volumes"]
+    assert "./demo-out:/out" in COMPOSE["services"]["client"]["volumes"]
+
+
+def help_text(command: list[str]) -> str:
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=ROOT).stdout
+
+
+def test_every_variable_the_compose_files_set_is_one_the_programs_read():
+    secure = yaml.safe_load((ROOT / "docker-compose.secure.yml").read_text())
+    helps = {"embedder": help_text([sys.executable, "-m", "embedder_service", "--help"]),
+             "index": help_text([sys.executable, "-m", "index_service", "--help"]),
+             "client": "".join(help_text([sys.executable, "-m", "client.cli", c, "--help"]) for c in ("demo", "stats")),
+             "health": help_text([sys.executable, "-m", "imgsim.healthcheck", "--help"])}
+    helps["embedder-gpu"] = helps["embedder"]
+    for compose in (COMPOSE, secure):
+        for name, service in compose["services"].items():
+            for variable in service.get("environment", {}):
+                if variable.startswith("IMGSIM_HEALTHCHECK_"):
+                    assert variable in helps["health"], variable
+                elif variable.startswith("IMGSIM_"):
+                    assert variable in helps[name].replace("\n", "").replace(" ", ""), (name, variable)
+    for name, service in secure["services"].items():
+        for secret in service.get("secrets", []):
+            assert secret in secure["secrets"]
+
+
 def test_grace_periods_cover_drain_and_grace():
-    for name in ("embedder", "index"):
+    for name in ("embedder", "embedder-gpu", "index"):
         service = COMPOSE["services"][name]
-        prefix = f"IMGSIM_{name.upper()}"
+        prefix = f"IMGSIM_{name.split('-')[0].upper()}"
         drain_and_grace = float(service["environment"][f"{prefix}_DRAIN_S"]) + float(
             service["environment"][f"{prefix}_GRACE_S"])
         assert int(service["stop_grace_period"].rstrip("s")) > drain_and_grace

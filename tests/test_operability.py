@@ -1,6 +1,7 @@
 """What operators and other teams' clients rely on: reflection, health, metrics, logs, TLS, tokens."""
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -191,6 +192,25 @@ def test_tls_serves_secure_clients_and_refuses_plaintext(tmp_path, pki):
             assert client.stats().count == 0
         with SimilarityClient(index=address, timeout=2) as plain, pytest.raises(Unavailable):
             plain.stats()
+    finally:
+        index.stop(0)
+
+
+def test_the_container_health_check_speaks_tls_and_mutual_tls(tmp_path, pki):
+    index = start_index(tmp_path / "hc", ServingConfig(tls_cert=pki["server"].cert, tls_key=pki["server"].key,
+                                                       tls_client_ca=pki["ca"].cert))
+
+    def check(*args, **env):
+        return subprocess.run([sys.executable, "-m", "imgsim.healthcheck", f"127.0.0.1:{index.port}", *args],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60,
+                              env={**os.environ, **env}).returncode
+    try:
+        assert check() == 1  # plaintext to a TLS service: down, as before
+        assert check("--tls-ca", str(pki["ca"].cert)) == 1  # no client certificate
+        assert check("--tls-ca", str(pki["ca"].cert), "--tls-cert", str(pki["client"].cert), "--tls-key",
+                     str(pki["client"].key)) == 0
+        assert check(IMGSIM_HEALTHCHECK_TLS_CA=str(pki["ca"].cert), IMGSIM_HEALTHCHECK_TLS_CERT=str(pki["client"].cert),
+                     IMGSIM_HEALTHCHECK_TLS_KEY=str(pki["client"].key)) == 0
     finally:
         index.stop(0)
 
