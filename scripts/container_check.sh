@@ -18,7 +18,14 @@ MOUNTS=""
 TORCH_ARG=${IMGSIM_TORCH_CPU_INDEX-}
 WORK=$(mktemp -d)
 PROJECT=imgsimcheck
-trap 'cd "$WORK/imgsim" 2>/dev/null && podman-compose -p $PROJECT --profile tools down -v >/dev/null 2>&1; rm -rf "$WORK"' EXIT
+remove_all() {  # podman-compose's down leaves replicas made by --scale behind: remove by label
+  podman ps -aq --filter "label=io.podman.compose.project=$PROJECT" | xargs -r podman rm -f >/dev/null 2>&1 || true
+  podman pod rm -f "pod_$PROJECT" >/dev/null 2>&1 || true
+  podman volume ls -q --filter "label=io.podman.compose.project=$PROJECT" | xargs -r podman volume rm -f >/dev/null 2>&1 || true
+  podman volume rm -f "${PROJECT}_index-data" "${PROJECT}_hf-cache" >/dev/null 2>&1 || true
+  podman network rm -f "${PROJECT}_default" >/dev/null 2>&1 || true
+}
+trap 'remove_all; rm -rf "$WORK"' EXIT
 
 step() { printf '\n== %s\n' "$*"; }
 fail() { echo "FAILED: $*" >&2; exit 1; }
@@ -92,5 +99,11 @@ echo "imgsim-demo held $held items before the restart, $again after"
 [ "$held" = "$again" ] && [ "$held" -gt 0 ] || fail "the index lost data across a restart"
 
 step "stop"
-compose --profile tools down
+for name in $(container index) $replicas; do podman stop -t 30 "$name" >/dev/null; done
+for name in $(container index) $replicas; do
+  code=$(podman inspect "$name" --format '{{.State.ExitCode}}')
+  echo "$name stopped with exit code $code"
+  [ "$code" = 0 ] || fail "$name did not stop cleanly on SIGTERM"
+done
+remove_all
 echo "container check passed"
