@@ -99,8 +99,9 @@ echo "imgsim-demo held $held items before the restart, $again after"
 [ "$held" = "$again" ] && [ "$held" -gt 0 ] || fail "the index lost data across a restart"
 
 step "stop"
-for name in $(container index) $replicas; do podman stop -t 30 "$name" >/dev/null; done
-for name in $(container index) $replicas; do
+running="$(container index) $replicas"
+for name in $running; do podman stop -t 30 "$name" >/dev/null; done
+for name in $running; do
   code=$(podman inspect "$name" --format '{{.State.ExitCode}}')
   echo "$name stopped with exit code $code"
   [ "$code" = 0 ] || fail "$name did not stop cleanly on SIGTERM"

@@ -94,9 +94,9 @@ def test_every_variable_the_compose_files_set_is_one_the_programs_read():
         for name, service in compose["services"].items():
             for variable in service.get("environment", {}):
                 if variable.startswith("IMGSIM_HEALTHCHECK_"):
-                    assert variable in helps["health"], variable
-                elif variable.startswith("IMGSIM_"):
-                    assert variable in helps[name].replace("\n", "").replace(" ", ""), (name, variable)
+                    assert f"[env {variable}]" in helps["health"], variable
+                elif variable.startswith("IMGSIM_"):  # --help writes "[env NAME; default ...]", wrapped at spaces
+                    assert f"[env{variable};" in "".join(helps[name].split()), (name, variable)
     for name, service in secure["services"].items():
         for secret in service.get("secrets", []):
             assert secret in secure["secrets"]
