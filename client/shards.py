@@ -170,8 +170,13 @@ class ShardedIndex:
             return FanOut([list(result.hits) for result in answers[0].results], missing)
         merged = []
         for per_shard in zip(*(answer.results for answer in answers)):
-            hits = [hit for result in per_shard for hit in result.hits]
-            merged.append(sorted(hits, key=lambda hit: -hit.score)[:request.k])
+            hits, seen = [], set()
+            # An id found on two shards (written under another shard count) is one candidate: its best hit.
+            for hit in sorted((hit for result in per_shard for hit in result.hits), key=lambda hit: -hit.score):
+                if hit.id not in seen:
+                    seen.add(hit.id)
+                    hits.append(hit)
+            merged.append(hits[:request.k])
         return FanOut(merged, missing)
 
     def count(self, collection: str, where: index_pb2.Filter | None = None) -> int:

@@ -75,3 +75,21 @@ def test_a_shard_down_fails_the_search_naming_it_unless_partial_results_are_aske
         assert partial.missing_shards == [f"index shard 1 (127.0.0.1:{down.port})"]
         assert all(len(hits) == 5 for hits in partial.hits)
         assert all(shard_of(h.id, 3) != 1 for hits in partial.hits for h in hits)
+
+
+def test_an_id_held_by_two_shards_is_one_hit(shards):
+    """After a change of shard count without moving ids, one id may sit on two shards: never two hits."""
+    import grpc
+
+    from imgsim import vectors
+    from imgsim.v1 import index_pb2, index_pb2_grpc
+    vector = np.ones(8, dtype=np.float32)
+    for server in shards[:2]:  # written to each shard directly, bypassing the client's routing
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            index_pb2_grpc.IndexStub(channel).Upsert(iter([index_pb2.UpsertRequest(
+                model_fingerprint="fp", items=[index_pb2.Item(id="twice", vector=vectors.to_proto(vector)),
+                                               index_pb2.Item(id=f"other{server.port}",
+                                                              vector=vectors.to_proto(vector + 0.01))])]))
+    with SimilarityClient(index=addresses(shards)) as client:
+        hits = client.search_vectors(vector, k=3, fingerprint="fp")[0]
+    assert [h.id for h in hits].count("twice") == 1 and len(hits) == 3
