@@ -1,0 +1,33 @@
+"""Each benchmark script runs end to end at small sizes, so the scripts behind the README's figures keep
+working. Only that they run and print their summary is checked here: speed is never judged by a test."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+BENCHES = {
+    "wire": (["bench/wire.py"], ["encode_ratio_float_over_bytes"]),
+    "overhead": (["bench/overhead.py", "--sizes", "2000", "--calls", "20", "--repeats", "1", "--dim", "64"],
+                 ["bare_grpc_aio_health_ms", "flat2000_service_raw_stub_ms", "flat2000_inprocess_faiss_ms"]),
+    "index": (["bench/index.py", "--quick", "--kinds", "flat,hnsw", "--queries", "20", "--repeats", "1"],
+              ["flat 20000 recall@10", "hnsw 20000 RSS per vector (whole process)", "flat 20000 restart until SERVING"]),
+    "embedder": (["bench/embedder.py", "--quick", "--images", "8", "--repeats", "1"],
+                 ["served_embedstream_images_per_s", "preprocess_speedup_faithful_3000x2000",
+                  "draft_shipped32_3000x2000_min_cosine", "ratio_index_dataset_vs_writeup_map"]),
+}
+
+
+@pytest.mark.parametrize("name", list(BENCHES))
+def test_the_bench_runs_and_prints_its_summary(name):
+    command, expected = BENCHES[name]
+    done = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = done.stdout.split("\nsummary\n", 1)[-1]
+    figures = dict(line.split(": ", 1) for line in summary.splitlines() if ": " in line)
+    for key in expected:
+        assert key in figures, (key, sorted(figures)[:20])
+        assert re.match(r"^-?[\d.]+(e[+-]?\d+)?( |$)", figures[key]), (key, figures[key])
