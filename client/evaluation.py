@@ -189,16 +189,21 @@ def embed_set(client, images: LabelledSet, progress: bool) -> tuple[np.ndarray, 
     """(vectors of the embedded images, their positions, failures by source, fingerprint, seconds)."""
     from tqdm.auto import tqdm
 
-    items = [(str(n), source.bytes() if source.data is None else source.data)
-             for n, source in enumerate(images.sources)]
+    def items_from(start: int):  # read as sent, so a large folder is never held in memory at once
+        for n in range(start, len(images.sources)):
+            source = images.sources[n]
+            yield str(n), source.bytes() if source.data is None else source.data
+
     good, positions, failed, fingerprints = [], [], [], set()
     started = time.monotonic()
-    with tqdm(total=len(items), desc=f"embedding {images.name}", unit="img", disable=not progress) as bar:
-        for n, (result, fingerprint) in enumerate(client._embed_stream(lambda start: items[start:], 64)):
+    with tqdm(total=len(images.sources), desc=f"embedding {images.name}", unit="img",
+              disable=not progress) as bar:
+        for n, (result, fingerprint) in enumerate(client._embed_stream(items_from, 64)):
             stop_if_asked()
             bar.update(1)
             if result.HasField("error"):
-                failed.append(f"{images.sources[n].where}: {result.error.message.split(': ', 1)[-1]}")
+                source = images.sources[n]
+                failed.append(f"{source.where}: {source.read_error or result.error.message.split(': ', 1)[-1]}")
                 continue
             fingerprints.add(fingerprint)
             good.append(np.frombuffer(result.vector.float32_le, dtype="<f4"))

@@ -131,3 +131,14 @@ def test_ctrl_c_stops_cleanly_and_drops_the_scratch_collection(embedder, index, 
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
     assert [c.name for c in client.list_collections()] == ["default"]
+
+
+def test_a_bad_file_in_the_folder_is_named_and_left_out_and_the_run_goes_on(client, digits, tmp_path):
+    images = {label: [digits["train"][row]["image"].convert("RGB") for row in rows]
+              for label, rows in (("a", (0, 1, 2)), ("b", (3, 4, 5)))}
+    folder = image_folder(tmp_path / "photos", images)
+    (folder / "b" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a JPEG")
+    report = client.evaluate(str(folder), k=2, progress=False)
+    assert report.query_count == 6 and report.leave_one_out
+    assert len(report.failed_images) == 1 and "broken.jpg" in report.failed_images[0]
+    assert report.kind("flat").overall.queries == 6
