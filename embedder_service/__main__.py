@@ -1,6 +1,7 @@
 """imgsim-embedder: serves embeddings of images over gRPC (flags -> config -> run)."""
 
 import argparse
+import logging
 import sys
 
 from embedder_service.checkpoint import POOLINGS
@@ -29,7 +30,8 @@ def parse_config(argv: list[str] | None = None) -> EmbedderConfig:
               "model's pooled output otherwise", type=choice(*POOLINGS))
     model.add_switch("--trust-remote-code", False, "run code shipped with the checkpoint; only for checkpoints "
                      "you trust")
-    model.add("--torch-threads", 0, "intra-op threads of the encoder on CPU (0: torch's default, one per core)",
+    model.add("--torch-threads", 0, "intra-op threads of the encoder on CPU (0: the CPUs this process may use: "
+              "its affinity, lowered to its container's CPU quota)",
               type=integer(0, 1024))
     batching = options.group("batching and limits")
     batching.add("--max-batch-size", 32, "most images in one forward pass", type=integer(1, 4096))
@@ -81,8 +83,10 @@ def main(argv: list[str] | None = None) -> None:
     from embedder_service.server import start
     from imgsim.server.runner import BadServingConfig, PortInUse, serve_until_signalled
 
-    if config.torch_threads > 0:
-        torch.set_num_threads(config.torch_threads)
+    from embedder_service.cpus import usable_cpus
+    threads, why = (config.torch_threads, "--torch-threads") if config.torch_threads > 0 else usable_cpus()
+    torch.set_num_threads(threads)
+    logging.getLogger("embedder_service").info("torch uses %d intra-op threads (%s)", threads, why)
     try:
         serve_until_signalled(lambda stopping: start(config, stopping))
     except (PortInUse, BadServingConfig, CheckpointError) as err:
