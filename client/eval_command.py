@@ -1,7 +1,6 @@
 """`imgsim eval`: the labelled sets from the command line, the run, and its outputs."""
 
 import argparse
-import json
 import sys
 
 from client.connection import UsageError, connect
@@ -99,5 +98,5 @@ def eval_command(args: argparse.Namespace) -> int:
         print(f"wrote {args.png}")
     if against is not None:
         print()
-        print(compare(json.loads(json.dumps(report.to_dict(), default=lambda v: None)), against))
+        print(compare(report.to_dict(), against))
     return 0

@@ -17,6 +17,26 @@ from client.evaluation import SCHEMA, EvalReport
 BOOTSTRAP_SAMPLES = 2000
 
 
+def column_names(k: int) -> list[str]:
+    return ["kind", f"P@{k}", f"R@{k}", f"mAP@{k}", "MRR", "vs exact", "p50 ms", "p95 ms", "p99 ms"]
+
+
+def summary_cells(result) -> list[str]:
+    """One kind's row of the summary, formatted once for the text, HTML and PNG reports."""
+    o, lat = result.overall, result.latency_ms
+    return [result.kind, *(f"{v:.4f}" for v in (o.precision_at_k, o.recall_at_k, o.map_at_k, o.mrr,
+                                                  result.recall_vs_exact)),
+            *(f"{lat[p]:.2f}" for p in ("p50", "p95", "p99"))]
+
+
+def summary_table(report: EvalReport) -> list[str]:
+    widths = [6, 8, 8, 8, 8, 9, 8, 8, 8]
+
+    def line(cells):
+        return " ".join([f"{cells[0]:<{widths[0]}}"] + [f"{c:>{w}}" for c, w in zip(cells[1:], widths[1:])])
+    return [line(column_names(report.k))] + [line(summary_cells(result)) for result in report.kinds]
+
+
 def text_summary(report: EvalReport, samples: list[str] | None = None) -> str:
     k = report.k
     lines = [f"model {report.model['model_id']} (fingerprint {report.model['fingerprint']}), k={k}",
@@ -25,13 +45,7 @@ def text_summary(report: EvalReport, samples: list[str] | None = None) -> str:
              + (f"; {len(report.failed_images)} images failed" if report.failed_images else "")]
     if samples:
         lines += ["", *samples]
-    lines += ["", f"{'kind':<6} {'P@' + str(k):>8} {'R@' + str(k):>8} {'mAP@' + str(k):>8} {'MRR':>8} "
-                  f"{'vs exact':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}"]
-    for result in report.kinds:
-        o, lat = result.overall, result.latency_ms
-        lines.append(f"{result.kind:<6} {o.precision_at_k:>8.4f} {o.recall_at_k:>8.4f} {o.map_at_k:>8.4f} "
-                     f"{o.mrr:>8.4f} {result.recall_vs_exact:>9.4f} {lat['p50']:>8.2f} {lat['p95']:>8.2f} "
-                     f"{lat['p99']:>8.2f}")
+    lines += ["", *summary_table(report)]
     first = report.kinds[0]
     lines += ["", f"per class ({first.kind}): label, queries, P@{k}, R@{k}, mAP@{k}, MRR"]
     for label, m in first.per_class.items():
@@ -166,13 +180,10 @@ def write_html(report: EvalReport, path: Path, image_of: Callable[[str], bytes |
              f"<h1>Retrieval quality</h1><p>{e(text_summary(report).splitlines()[0])}<br>"
              f"{report.query_count} queries from {e(report.queries)}, {report.candidate_count} candidates from "
              f"{e(report.candidates)}; embedding {report.embedding_images_per_s:.1f} images/s.</p>",
-             f"<table><tr><th>kind</th><th>P@{k}</th><th>R@{k}</th><th>mAP@{k}</th><th>MRR</th>"
-             f"<th>recall vs exact</th><th>p50 ms</th><th>p95 ms</th><th>p99 ms</th></tr>"]
+             "<table><tr>" + "".join(f"<th>{e(name)}</th>" for name in column_names(k)) + "</tr>"]
     for result in report.kinds:
-        o, lat = result.overall, result.latency_ms
-        parts.append(f"<tr><th>{e(result.kind)}</th><td>{o.precision_at_k:.4f}</td><td>{o.recall_at_k:.4f}</td>"
-                     f"<td>{o.map_at_k:.4f}</td><td>{o.mrr:.4f}</td><td>{result.recall_vs_exact:.4f}</td>"
-                     f"<td>{lat['p50']:.2f}</td><td>{lat['p95']:.2f}</td><td>{lat['p99']:.2f}</td></tr>")
+        kind, *values = summary_cells(result)
+        parts.append(f"<tr><th>{e(kind)}</th>" + "".join(f"<td>{v}</td>" for v in values) + "</tr>")
     parts.append("</table>")
     for result in report.kinds:
         labels = list(result.per_class)
@@ -262,13 +273,8 @@ def write_png(report: EvalReport, path: Path, image_of: Callable[[str], bytes | 
     draw = ImageDraw.Draw(page)
     draw.text((10, 8), f"{report.model['model_id']}  k={k}  {report.query_count} queries, {report.candidate_count} "
                        f"candidates", fill="black")
-    header = f"{'kind':<6} {'P@k':>7} {'R@k':>7} {'mAP@k':>7} {'MRR':>7} {'vs exact':>8} {'p50 ms':>7} {'p95 ms':>7}"
-    draw.text((10, 30), header, fill="black")
-    for row, result in enumerate(report.kinds):
-        o, lat = result.overall, result.latency_ms
-        draw.text((10, 46 + 16 * row), f"{result.kind:<6} {o.precision_at_k:>7.4f} {o.recall_at_k:>7.4f} "
-                                       f"{o.map_at_k:>7.4f} {o.mrr:>7.4f} {result.recall_vs_exact:>8.4f} "
-                                       f"{lat['p50']:>7.2f} {lat['p95']:>7.2f}", fill="black")
+    for row, line in enumerate(summary_table(report)):
+        draw.text((10, 30 + 16 * row), line, fill="black")
     draw_curves(draw, first, 10, table_height + 10)
     draw_confusion(draw, first, 340, table_height + 4)
     draw.text((10, grid_top), f"worst queries ({first.kind}, lowest AP@{k}): query, then its top {k} "

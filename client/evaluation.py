@@ -16,6 +16,7 @@ own item is never counted). Images without a label are refused: quality needs la
 """
 
 import signal
+from collections import Counter
 import threading
 import time
 import uuid
@@ -260,6 +261,17 @@ def score_kind(kind: str, query_ids: list[str], query_labels: list[str], own: li
                       [described(i) for i in order], [described(i) for i in range(min(SAMPLES, len(query_ids)))])
 
 
+def relevant_totals(candidate_labels, query_labels: list[str], leave_one_out: bool) -> np.ndarray:
+    """Each query's number of relevant candidates (its own item not counted in leave-one-out)."""
+    counts = Counter(candidate_labels)
+    return np.array([counts[label] - (1 if leave_one_out else 0) for label in query_labels])
+
+
+def model_of(client, fingerprint: str) -> dict:
+    info = client.model_info()
+    return {"model_id": info.model_id, "fingerprint": fingerprint, "dimension": info.dimension, "dtype": info.dtype}
+
+
 def in_collection(client, queries: LabelledSet, collection: str, k: int, worst: int,
                   progress: bool) -> EvalReport:
     """Queries against what an existing collection holds (its items' `label` metadata), left as it is."""
@@ -272,18 +284,13 @@ def in_collection(client, queries: LabelledSet, collection: str, k: int, worst: 
         raise BadInput(f"collection {collection!r} holds no items with a 'label' to evaluate against")
     vectors, positions, failed, fingerprint, seconds = embed_set(client, queries, progress)
     query_ids, query_labels = [f"q{n}" for n in positions], [queries.labels[n] for n in positions]
-    counts: dict[str, int] = {}
-    for label in label_of.values():
-        counts[label] = counts.get(label, 0) + 1
-    totals = np.array([counts.get(label, 0) for label in query_labels])
+    totals = relevant_totals(label_of.values(), query_labels, leave_one_out=False)
     own = search_all(client, collection, vectors, k, fingerprint, False)
     exact = search_all(client, collection, vectors, k, fingerprint, True)
     latency = latencies_ms(client, collection, vectors, k, fingerprint)
-    info = client.model_info()
     result = score_kind(described.index_kind, query_ids, query_labels, own, exact, label_of, totals, k, latency,
                         worst)
-    return EvalReport(SCHEMA, {"model_id": info.model_id, "fingerprint": fingerprint, "dimension": info.dimension,
-                               "dtype": info.dtype}, k, queries.name, f"collection {collection}", len(positions),
+    return EvalReport(SCHEMA, model_of(client, fingerprint), k, queries.name, f"collection {collection}", len(positions),
                       len(held), failed, False, len(positions) / seconds if seconds else float("nan"), [result])
 
 
@@ -320,17 +327,13 @@ def evaluate_kinds(client, queries: LabelledSet, candidates: LabelledSet | None,
     label_of = dict(zip(candidate_ids, candidate_labels))
     query_ids = [f"c{n}" if leave_one_out else f"q{n}" for n in query_positions]
     query_labels = [queries.labels[n] for n in query_positions]
-    counts: dict[str, int] = {}
-    for label in candidate_labels:
-        counts[label] = counts.get(label, 0) + 1
-    totals = np.array([counts.get(label, 0) - (1 if leave_one_out else 0) for label in query_labels])
+    totals = relevant_totals(candidate_labels, query_labels, leave_one_out)
     search_k = k + 1 if leave_one_out else k
 
     def without_self(hits, ids):
         return [[h for h in found if h.id != own][:k] for found, own in zip(hits, ids)] if leave_one_out else hits
 
     results = []
-    info = client.model_info()
     for kind in kinds:
         name = f"eval-{uuid.uuid4().hex[:10]}-{kind}"
         try:  # entered before the create: Ctrl-C may land after the server made it, before the reply
@@ -344,8 +347,6 @@ def evaluate_kinds(client, queries: LabelledSet, candidates: LabelledSet | None,
         finally:
             client.drop_collection(name, missing_ok=True)
         results.append(score_kind(kind, query_ids, query_labels, own, exact, label_of, totals, k, latency, worst))
-    return EvalReport(SCHEMA, {"model_id": info.model_id, "fingerprint": fingerprint, "dimension": info.dimension,
-                               "dtype": info.dtype},
-                      k, queries.name, "(the queries, leave-one-out)" if leave_one_out else candidates.name,
+    return EvalReport(SCHEMA, model_of(client, fingerprint), k, queries.name, "(the queries, leave-one-out)" if leave_one_out else candidates.name,
                       len(query_positions), len(candidate_positions), failed, leave_one_out,
                       embedded / seconds if seconds else float("nan"), results)

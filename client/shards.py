@@ -6,7 +6,7 @@ per shard so that building and sending the next call overlaps the index committi
 
 import hashlib
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import grpc
 
@@ -74,13 +74,22 @@ class ShardedIndex:
             positions.setdefault(shard_of(item_id, len(self.shards)), []).append(position)
         return positions
 
-    def _fan(self, method: str, requests: dict[int, object]) -> list[tuple[Shard, object]]:
+    def _calls(self, method: str, requests: dict[int, object]) -> list[tuple[Shard, Callable[[], object]]]:
+        """(shard, its answer when asked) per request: futures, so that several shards work in parallel; for one
+        shard a plain blocking call, made when asked (a future costs a thread hop, about 1 ms a call)."""
+        if len(requests) == 1:
+            [(n, request)] = requests.items()
+            shard = self.shards[n]
+            return [(shard, lambda: getattr(shard.stub, method)(request, timeout=self.timeout))]
         calls = [(self.shards[n], getattr(self.shards[n].stub, method).future(request, timeout=self.timeout))
                  for n, request in requests.items()]
+        return [(shard, call.result) for shard, call in calls]
+
+    def _fan(self, method: str, requests: dict[int, object]) -> list[tuple[Shard, object]]:
         answers = []
-        for shard, call in calls:
+        for shard, answer in self._calls(method, requests):
             with translated_errors(shard.name):
-                answers.append((shard, call.result()))
+                answers.append((shard, answer()))
         return answers
 
     def upsert(self, collection: str, fingerprint: str, rows: Sequence[tuple[str, bytes, dict]]) -> UpsertTotals:
@@ -149,17 +158,11 @@ class ShardedIndex:
     def search(self, request: index_pb2.SearchRequest, allow_partial: bool) -> FanOut:
         """Asks every shard in parallel and merges the top k. A shard that fails fails the search, naming it,
         unless `allow_partial`: then its name is listed in missing_shards and the others' hits are merged."""
-        if len(self.shards) == 1:  # a plain blocking call: a future costs a thread hop, about 1 ms a query
-            shard = self.shards[0]
-            with translated_errors(shard.name):
-                answer = shard.stub.Search(request, timeout=self.timeout)
-            return FanOut([list(result.hits) for result in answer.results], [])
-        calls = [(shard, shard.stub.Search.future(request, timeout=self.timeout)) for shard in self.shards]
         answers, missing = [], []
-        for shard, call in calls:
+        for shard, answer in self._calls("Search", {s.number: request for s in self.shards}):
             try:
                 with translated_errors(shard.name):
-                    answers.append(call.result())
+                    answers.append(answer())
             except Unavailable:
                 if not allow_partial:
                     raise

@@ -23,8 +23,8 @@ def channel_to(address: str, tls_ca: str | None = None, tls_cert: str | None = N
     target = address.split("://", 1)[-1]
     if not secure:
         return grpc.insecure_channel(target)
-    read = lambda path: Path(path).read_bytes() if path else None  # noqa: E731
-    credentials = grpc.ssl_channel_credentials(read(tls_ca), read(tls_key), read(tls_cert))
+    credentials = grpc.ssl_channel_credentials(*(Path(path).read_bytes() if path else None
+                                                 for path in (tls_ca, tls_key, tls_cert)))
     return grpc.secure_channel(target, credentials)
 
 
