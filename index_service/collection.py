@@ -212,6 +212,7 @@ class Collection:
         if not any(op.expired() for op in plan.ops):
             return True
         self.rows.give_back(plan.new_rows)
+        plan.new_rows = plan.new_rows[:0]  # given back once: a failure further on must not free them again
         kept = self._admissible(plan.ops)
         if kept:
             self._apply(kept)

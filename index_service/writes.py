@@ -93,9 +93,13 @@ class Writer:
                 hashes = op.hashes()
                 if group and (items + op.size() > GROUP_ITEMS or hashes & seen):
                     break
-                group.append(self._queue.popleft())
-                seen |= hashes
-                items += op.size()
+                self._queue.popleft()
+                # A caller that left before now cancelled its future: nothing of it is kept. From here on the
+                # future is running and only this thread settles it.
+                if op.future.set_running_or_notify_cancel():
+                    group.append(op)
+                    seen |= hashes
+                    items += op.size()
             return group
 
     def _run(self) -> None:
@@ -116,5 +120,6 @@ class Writer:
             self._queue.clear()
             self._changed.notify_all()
         for op in pending:
-            op.future.set_exception(Cancelled("the server is stopping; nothing of this write was kept"))
+            if op.future.set_running_or_notify_cancel():
+                op.future.set_exception(Cancelled("the server is stopping; nothing of this write was kept"))
         self._thread.join()

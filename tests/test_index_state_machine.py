@@ -54,9 +54,11 @@ class IndexProcess:
 
     def start(self) -> None:
         self.port = free_port()
+        self.log = open(f"{self.data_dir}.log", "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "index_service", "--port", str(self.port), "--data-dir", str(self.data_dir),
-             "--snapshot-every", "25", "--compact-dead-fraction", "0.3", "--log-level", "WARNING"], cwd=ROOT)
+             "--snapshot-every", "25", "--compact-dead-fraction", "0.3", "--log-level", "WARNING"], cwd=ROOT,
+            stderr=self.log)
         deadline = time.monotonic() + 60
         while not is_serving(f"127.0.0.1:{self.port}", timeout=0.5):
             assert self.process.poll() is None, f"the index exited with {self.process.returncode} while starting"
@@ -69,8 +71,16 @@ class IndexProcess:
         self.channel.close()
         self.process.send_signal(sig)
         code = self.process.wait(60)
+        self.log.close()
         if sig == signal.SIGTERM:
             assert code == 0, f"the index exited with {code} on SIGTERM"
+        self.check_log()
+
+    def check_log(self) -> None:
+        """A failure the client never saw (a writer thread's error, say) still fails the run."""
+        with open(f"{self.data_dir}.log", errors="replace") as log:
+            text = log.read()
+        assert "Traceback" not in text and " ERROR " not in text, text[-4000:]
 
 
 class IndexMachine(RuleBasedStateMachine):
@@ -88,10 +98,14 @@ class IndexMachine(RuleBasedStateMachine):
         COUNTS["examples"] += 1
 
     def teardown(self):
-        if self.index is not None and self.index.process.poll() is None:
-            self.index.stop(signal.SIGKILL)
         import shutil
-        shutil.rmtree(getattr(self, "folder", ""), ignore_errors=True)
+        try:
+            if self.index is not None and self.index.process.poll() is None:
+                self.index.stop(signal.SIGKILL)
+        finally:
+            shutil.rmtree(getattr(self, "folder", ""), ignore_errors=True)
+            if hasattr(self, "folder") and os.path.exists(f"{self.folder}.log"):
+                os.remove(f"{self.folder}.log")
 
     def _upsert_messages(self, writes, fingerprints, dims):
         messages = []
