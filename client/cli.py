@@ -121,6 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
     collections.add_argument("--exist-ok", action="store_true", help="create: an existing one is fine")
     collections.add_argument("--missing-ok", action="store_true", help="drop: a missing one is fine")
 
+    moving = commands.add_parser(
+        "reshard", help="move items to their home shard after the shard list changed",
+        description="Moves every item that is not on the shard the --index list gives it, while the shards keep "
+                    "serving. First point every writer at the new shard list; then run this once (again after an "
+                    "interruption: it resumes).")
+    add_connection_options(moving, ("index",))
+    moving.add_argument("--collection", default=None, help="one collection [default: every one]")
+
     export = commands.add_parser("export", help="write a collection to a Parquet file (exact vectors)")
     add_connection_options(export, ("index",))
     export.add_argument("--collection", default="default", help="[default default]")

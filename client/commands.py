@@ -82,6 +82,12 @@ def index_only_command(args: argparse.Namespace) -> int:
             print(f"deleted {deleted}, not found {len(set(args.ids)) - deleted}")
         elif args.command == "collections":
             return collections_command(client, args)
+        elif args.command == "reshard":
+            report = client.reshard([args.collection] if args.collection else None,
+                                    lambda line: print(line, file=sys.stderr) if sys.stderr.isatty() else None)
+            print(f"moved {report.moved} items to their home shard in {report.passes} passes "
+                  f"({report.kept_newer} already had a newer write there, {report.undone} copies taken back "
+                  f"because the item changed while it moved)")
         elif args.command == "export":
             require("pyarrow", "imgsim export")
             from client.export import export_collection

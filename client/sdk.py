@@ -298,7 +298,9 @@ class SimilarityClient:
         return IndexStats(sum(s.count for s in answers), first.dimension, first.index_kind, first.model_fingerprint,
                           first.collection, sum(s.dead for s in answers),
                           sum(s.vector_bytes + s.catalog_bytes + s.snapshot_bytes for s in answers),
-                          all(s.trained for s in answers), sum(s.damaged for s in answers))
+                          all(s.trained for s in answers), sum(s.damaged for s in answers),
+                          sum(s.vector_bytes for s in answers), sum(s.catalog_bytes for s in answers),
+                          sum(s.snapshot_bytes for s in answers))
 
     # Collections.
 
@@ -333,6 +335,13 @@ class SimilarityClient:
         """Reclaims the space of deleted and replaced items now; returns the rows reclaimed."""
         request = index_pb2.CompactRequest(collection=self._collection(collection))
         return sum(a.reclaimed for a in self._index().everywhere("Compact", request))
+
+    def reshard(self, collections: Sequence[str] | None = None, progress=lambda _: None):
+        """Moves every item to the shard this client's shard list gives it (see client/reshard.py for what
+        must hold while it runs); every collection unless named. Returns a client.reshard.ReshardReport."""
+        from client.reshard import reshard
+        names = list(collections) if collections else [c.name for c in self.list_collections()]
+        return reshard(self._index(), names, progress)
 
     # Search.
 

@@ -1,5 +1,10 @@
 """Index shards: writes routed by a stable hash of the id, searches fanned out to all and merged.
 
+Routing is jump consistent hashing (Lamping and Veach, 2014) of a 64-bit hash of the id: going from N to N+1
+shards moves only the 1/(N+1) of the ids that the new shard takes, and `imgsim reshard` (client/reshard.py)
+moves exactly those. Until it has, an id may sit on a shard that is not its home, so deletes and gets ask
+every shard, and searches merge an id found twice into one hit.
+
 Upserts go as atomic calls of at most UPSERT_CALL_ITEMS items (the index's per-call limit), two in flight
 per shard so that building and sending the next call overlaps the index committing the last one.
 """
@@ -21,9 +26,21 @@ MAX_ITEMS_PER_MESSAGE = 4096
 CALLS_IN_FLIGHT = 4
 
 
+def jump_hash(key: int, buckets: int) -> int:
+    """Jump consistent hash of a 64-bit key into [0, buckets)."""
+    bucket, jump = -1, 0
+    while jump < buckets:
+        bucket = jump
+        key = (key * 2862933555777941757 + 1) & 0xFFFFFFFFFFFFFFFF
+        jump = int((bucket + 1) * ((1 << 31) / ((key >> 33) + 1)))
+    return bucket
+
+
 def shard_of(item_id: str, shards: int) -> int:
-    """Stable across processes, machines and Python versions (unlike hash())."""
-    return int.from_bytes(hashlib.blake2b(item_id.encode(), digest_size=8).digest(), "big") % shards
+    """The id's home shard. Stable across processes, machines and Python versions (unlike hash())."""
+    if shards == 1:
+        return 0
+    return jump_hash(int.from_bytes(hashlib.blake2b(item_id.encode(), digest_size=8).digest(), "big"), shards)
 
 
 @dataclass(frozen=True)
@@ -140,20 +157,25 @@ class ShardedIndex:
         return totals
 
     def delete(self, collection: str, ids: Sequence[str]) -> tuple[int, int]:
-        requests = {n: index_pb2.DeleteRequest(ids=[ids[p] for p in positions], collection=collection)
-                    for n, positions in self._by_shard(ids).items()}
-        answers = self._fan("Delete", requests)
+        """Asks every shard: an id not yet moved to its home by a reshard must go too. (While a reshard runs,
+        an id held on two shards counts twice.)"""
+        request = index_pb2.DeleteRequest(ids=list(ids), collection=collection)
+        answers = self._fan("Delete", {s.number: request for s in self.shards})
         return sum(a.deleted for _, a in answers), sum(a.count for _, a in answers)
 
     def get(self, collection: str, ids: Sequence[str], omit_vectors: bool = False) -> tuple[list, list[str]]:
-        requests = {n: index_pb2.GetRequest(ids=[ids[p] for p in positions], collection=collection,
-                                            omit_vectors=omit_vectors)
-                    for n, positions in self._by_shard(ids).items()}
-        items, damaged = [], []
-        for _, answer in self._fan("Get", requests):
-            items += answer.items
+        """Asks every shard (an id may not have moved home yet); an id held twice is its home shard's copy,
+        where every write of it goes."""
+        request = index_pb2.GetRequest(ids=list(ids), collection=collection, omit_vectors=omit_vectors)
+        found: dict[str, tuple[bool, index_pb2.Item]] = {}
+        damaged = []
+        for shard, answer in self._fan("Get", {s.number: request for s in self.shards}):
+            for item in answer.items:
+                at_home = len(self.shards) == 1 or shard_of(item.id, len(self.shards)) == shard.number
+                if item.id not in found or at_home:
+                    found[item.id] = (at_home, item)
             damaged += answer.damaged_ids
-        return items, damaged
+        return [item for _, item in found.values()], damaged
 
     def search(self, request: index_pb2.SearchRequest, allow_partial: bool) -> FanOut:
         """Asks every shard in parallel and merges the top k. A shard that fails fails the search, naming it,

@@ -50,6 +50,7 @@ class Record:
     id: str
     metadata: dict
     vector_crc: int
+    seq: int  # the write that stored it: the item's version
 
 
 @dataclass
@@ -153,13 +154,13 @@ class Catalog:
         db = self._reader()
         for start in range(0, len(rows), CHUNK):
             chunk = rows[start:start + CHUNK]
-            query = (f"SELECT row, id, metadata, vector_crc, record_crc FROM items "
+            query = (f"SELECT row, id, metadata, vector_crc, record_crc, seq FROM items "
                      f"WHERE row IN ({','.join('?' * len(chunk))})")
-            for row, item_id, metadata_json, vector_crc, crc in db.execute(query, chunk):
+            for row, item_id, metadata_json, vector_crc, crc, seq in db.execute(query, chunk):
                 try:
                     if record_crc(row, record_base(item_id, metadata_json, vector_crc)) != crc:
                         raise ValueError("checksum")
-                    found[row] = Record(row, item_id, meta.decode(metadata_json), vector_crc)
+                    found[row] = Record(row, item_id, meta.decode(metadata_json), vector_crc, seq)
                 except ValueError:
                     damaged.append(row)
         return found, damaged

@@ -55,6 +55,7 @@ class StoredItem:
     id: str
     vector: np.ndarray | None
     metadata: dict
+    version: int = 0  # the sequence number of the write that stored it
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,10 @@ class WriteResult:
     deleted: int = 0
     not_found: int = 0
     count: int = 0
+    version: int = 0  # the sequence number of the commit, 0 when it stored nothing
+    skipped_ids: tuple[str, ...] = ()  # only_absent upserts: ids held, not written
+    deleted_ids: tuple[str, ...] = ()  # conditional deletes: ids removed ...
+    changed_ids: tuple[str, ...] = ()  # ... and ids held at another version, left in place
 
 
 @dataclass(frozen=True)
@@ -249,6 +254,9 @@ class Collection:
         for op in ops:
             if op.items is not None:
                 old = self.ids.lookup(op.items.high, op.items.low)
+                if op.only_absent and (old >= 0).any():
+                    op.skipped_ids += [item_id for item_id, row in zip(op.items.ids, old.tolist()) if row >= 0]
+                    op.items, old = op.items.subset(old < 0), old[old < 0]
                 plan.add_upsert(op, old)
             else:
                 unique = list(dict.fromkeys(op.delete_ids))
@@ -256,6 +264,7 @@ class Collection:
                 plan.add_delete(op, unique, high, low, self.ids.lookup(high, low))
         ended = plan.ended_rows()
         records, _ = self.catalog.records(ended) if len(ended) else ({}, [])
+        plan.keep_changed(records)
         plan.check_ended(records)
         if plan.new_count:
             if not self.fingerprint:
@@ -285,6 +294,7 @@ class Collection:
             self.vectors.sync(seq)
         if not self._still_wanted(plan):
             raise Superseded()
+        plan.seq = seq
         records = NewRecords(plan.new_rows.tolist(), plan.new_ids(), plan.new_metadata(), plan.new_list("metadata_json"),
                              plan.new_crcs().tolist(), plan.new_list("record_bases")) if plan.new_count else None
         ended = [(row, plan.ended_metadata.get(row, {})) for row in plan.ended_rows().tolist()]
@@ -461,7 +471,8 @@ class Collection:
             if row in bad or record is None or record.id != item_id:
                 damaged_ids.append(item_id)
             else:
-                found.append(StoredItem(item_id, None if omit_vectors else vectors_of[row], record.metadata))
+                found.append(StoredItem(item_id, None if omit_vectors else vectors_of[row], record.metadata,
+                                        record.seq))
         return found, damaged_ids
 
     def scroll(self, cursor: tuple[int, int] | None, limit: int, where: flt.Filter | None,
@@ -489,7 +500,8 @@ class Collection:
         items = []
         for i, row in enumerate(rows.tolist()):
             if row in records:
-                items.append(StoredItem(records[row].id, raw[i] if raw is not None else None, records[row].metadata))
+                items.append(StoredItem(records[row].id, raw[i] if raw is not None else None, records[row].metadata,
+                                        records[row].seq))
         last = (int(high[-1]), int(low[-1])) if len(rows) == limit else None
         return items, last
 
@@ -559,6 +571,8 @@ class Plan:
         self.new_rows = np.zeros(0, dtype=np.int64)
         self.ended_metadata: dict[int, dict] = {}
         self.fixes_model: tuple[str, int] | None = None
+        self.seq = 0  # set at the commit
+        self.changed: dict[int, list[str]] = {}  # per conditional delete: ids held at another version
 
     @property
     def new_count(self) -> int:
@@ -575,6 +589,17 @@ class Plan:
     def ended_rows(self) -> np.ndarray:
         parts = [old[old >= 0] for _, old in self.upserts] + [rows[rows >= 0] for *_, rows in self.deletes]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def keep_changed(self, records: dict) -> None:
+        """Conditional deletes leave in place the ids held at another version than the caller saw."""
+        for number, (op, ids, _, _, rows) in enumerate(self.deletes):
+            if op.versions is None:
+                continue
+            for position, (item_id, version) in enumerate(zip(ids, op.versions)):
+                row = int(rows[position])
+                if row >= 0 and row in records and records[row].seq != version:
+                    rows[position] = -1
+                    self.changed.setdefault(number, []).append(item_id)
 
     def check_ended(self, records: dict) -> None:
         """Keeps the metadata of what ends; an id whose hash points at another id's record is refused."""
@@ -597,7 +622,8 @@ class Plan:
         found, start = [], 0
         for op, _ in self.upserts:
             count = len(op.items)
-            found.append((self.new_rows[start:start + count], op.items.raw, op.items.unit))
+            if count:  # an only_absent upsert whose ids were all held writes nothing
+                found.append((self.new_rows[start:start + count], op.items.raw, op.items.unit))
             start += count
         return found
 
@@ -633,7 +659,11 @@ class Plan:
     def results(self, count: int):
         for op, old in self.upserts:
             replaced = int((old >= 0).sum())
-            yield op, WriteResult(inserted=len(op.items) - replaced, replaced=replaced, count=count)
-        for op, ids, _, _, rows in self.deletes:
+            yield op, WriteResult(inserted=len(op.items) - replaced, replaced=replaced, count=count,
+                                  version=self.seq if len(op.items) else 0, skipped_ids=tuple(op.skipped_ids))
+        for number, (op, ids, _, _, rows) in enumerate(self.deletes):
             deleted = int((rows >= 0).sum())
-            yield op, WriteResult(deleted=deleted, not_found=len(ids) - deleted, count=count)
+            changed = self.changed.get(number, [])
+            removed = tuple(i for i, row in zip(ids, rows.tolist()) if row >= 0) if op.versions is not None else ()
+            yield op, WriteResult(deleted=deleted, not_found=len(ids) - deleted - len(changed), count=count,
+                                  deleted_ids=removed, changed_ids=tuple(changed))

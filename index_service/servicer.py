@@ -48,7 +48,7 @@ async def still_open(context, cut: bool) -> None:
 
 
 def item_message(item, with_vector: bool) -> index_pb2.Item:
-    message = index_pb2.Item(id=item.id)
+    message = index_pb2.Item(id=item.id, version=item.version)
     if with_vector and item.vector is not None:
         message.vector.CopyFrom(vectors.to_proto(item.vector))
     meta.fill_proto(item.metadata, message.metadata, message.typed_metadata)
@@ -110,7 +110,7 @@ class IndexServicer(index_pb2_grpc.IndexServicer):
                 raise
             code, message = status_for(err)
             await context.abort(code, message)
-        op = self._write_op(context, fingerprint=call.fingerprint)
+        op = self._write_op(context, fingerprint=call.fingerprint, only_absent=call.only_absent)
 
         def prepare():
             op.items = call.items()
@@ -126,13 +126,15 @@ class IndexServicer(index_pb2_grpc.IndexServicer):
             code, message = status_for(err)
             await context.abort(code, message)
         return index_pb2.UpsertResponse(upserted=result.inserted + result.replaced, count=result.count,
-                                        inserted=result.inserted, replaced=result.replaced)
+                                        inserted=result.inserted, replaced=result.replaced,
+                                        skipped_ids=result.skipped_ids, version=result.version)
 
     async def Delete(self, request, context):
         op = self._write_op(context)
 
         def prepare():
             op.delete_ids = validation.request_ids(request.ids, "delete", validation.MAX_DELETE_IDS)
+            op.versions = validation.delete_versions(request, op.delete_ids)
             return self._collection(request.collection).submit(op)
 
         future = await self._run(context, prepare)
@@ -144,7 +146,8 @@ class IndexServicer(index_pb2_grpc.IndexServicer):
         except Exception as err:
             code, message = status_for(err)
             await context.abort(code, message)
-        return index_pb2.DeleteResponse(deleted=result.deleted, not_found=result.not_found, count=result.count)
+        return index_pb2.DeleteResponse(deleted=result.deleted, not_found=result.not_found, count=result.count,
+                                        deleted_ids=result.deleted_ids, changed_ids=result.changed_ids)
 
     async def Search(self, request, context):
         def search():

@@ -96,6 +96,7 @@ class UpsertCall:
     def __init__(self):
         self.fingerprint = ""
         self.collection = None
+        self.only_absent = False
         self.ids: list[str] = []
         self.matrices: list[np.ndarray] = []
         self.norms: list[np.ndarray] = []
@@ -110,6 +111,7 @@ class UpsertCall:
                 raise InvalidArgument(f"{where}: model_fingerprint is empty: pass the fingerprint the embedder "
                                       "returned")
             self.fingerprint, self.collection = request.model_fingerprint, request.collection
+            self.only_absent = request.only_absent
         elif request.model_fingerprint and request.model_fingerprint != self.fingerprint:
             raise InvalidArgument(f"{where}: model_fingerprint {request.model_fingerprint} differs from the call's "
                                   f"first message ({self.fingerprint}): one call writes one model's vectors")
@@ -198,6 +200,18 @@ def request_ids(ids, verb: str, limit: int) -> list[str]:
         if not item_id or len(item_id) > MAX_ID_BYTES // 4:
             check_id(item_id, f"id {position}")
     return list(ids)
+
+
+def delete_versions(request: index_pb2.DeleteRequest, ids: list[str]) -> list[int] | None:
+    """A Delete's if_versions, checked against its ids; None when not given."""
+    if not request.if_versions:
+        return None
+    if len(request.if_versions) != len(ids):
+        raise InvalidArgument(f"if_versions has {len(request.if_versions)} values for {len(ids)} ids; give one per id, "
+                              "or none")
+    if len(set(ids)) != len(ids):
+        raise InvalidArgument("with if_versions, the ids must be distinct")
+    return list(request.if_versions)
 
 
 def where_of(legacy, where: index_pb2.Filter | None) -> flt.Filter | None:

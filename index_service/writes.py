@@ -34,6 +34,15 @@ class Items:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def subset(self, keep: np.ndarray) -> "Items":
+        """The items where `keep` is true, in order."""
+        positions = np.flatnonzero(keep).tolist()
+
+        def pick(values: list) -> list:
+            return [values[p] for p in positions] if values else values
+        return Items(pick(self.ids), self.raw[keep], self.unit[keep], self.high[keep], self.low[keep],
+                     pick(self.metadata), self.crcs[keep], pick(self.record_bases), pick(self.metadata_json))
+
 
 @dataclass
 class WriteOp:
@@ -41,7 +50,10 @@ class WriteOp:
     is dropped before the commit point, so nothing of it is kept."""
     fingerprint: str = ""
     items: Items | None = None
+    only_absent: bool = False  # upsert: leave held ids as they are
+    skipped_ids: list[str] = field(default_factory=list)  # ... and these were held
     delete_ids: list[str] = field(default_factory=list)
+    versions: list[int] | None = None  # delete: remove an id only while held at this version
     deadline: float | None = None  # time.monotonic()
     abandoned: threading.Event = field(default_factory=threading.Event)
     future: Future = field(default_factory=Future)

@@ -90,6 +90,12 @@ REFUSALS = {
     "dropping the default collection": (
         lambda stub: stub.DropCollection(index_pb2.DropCollectionRequest(name="default")), INVALID,
         "the default collection cannot be dropped"),
+    "conditional delete with too few versions": (
+        lambda stub: stub.Delete(index_pb2.DeleteRequest(ids=["a", "b"], if_versions=[1])), INVALID,
+        "if_versions has 1 values for 2 ids; give one per id, or none"),
+    "conditional delete naming an id twice": (
+        lambda stub: stub.Delete(index_pb2.DeleteRequest(ids=["a", "a"], if_versions=[1, 1])), INVALID,
+        "with if_versions, the ids must be distinct"),
     "a collection that does not exist": (
         lambda stub: stub.Count(index_pb2.CountRequest(collection="nope")), grpc.StatusCode.NOT_FOUND,
         "no collection 'nope'"),

@@ -20,7 +20,7 @@ class Value(_message.Message):
     def __init__(self, string_value: _Optional[str] = ..., int_value: _Optional[int] = ..., float_value: _Optional[float] = ..., bool_value: _Optional[bool] = ...) -> None: ...
 
 class Item(_message.Message):
-    __slots__ = ("id", "vector", "metadata", "typed_metadata")
+    __slots__ = ("id", "vector", "metadata", "typed_metadata", "version")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -39,11 +39,13 @@ class Item(_message.Message):
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     TYPED_METADATA_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     id: str
     vector: _common_pb2.Vector
     metadata: _containers.ScalarMap[str, str]
     typed_metadata: _containers.MessageMap[str, Value]
-    def __init__(self, id: _Optional[str] = ..., vector: _Optional[_Union[_common_pb2.Vector, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., typed_metadata: _Optional[_Mapping[str, Value]] = ...) -> None: ...
+    version: int
+    def __init__(self, id: _Optional[str] = ..., vector: _Optional[_Union[_common_pb2.Vector, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., typed_metadata: _Optional[_Mapping[str, Value]] = ..., version: _Optional[int] = ...) -> None: ...
 
 class Metadata(_message.Message):
     __slots__ = ("metadata", "typed_metadata")
@@ -78,46 +80,58 @@ class ItemBatch(_message.Message):
     def __init__(self, ids: _Optional[_Iterable[str]] = ..., vectors: _Optional[bytes] = ..., metadata: _Optional[_Iterable[_Union[Metadata, _Mapping]]] = ...) -> None: ...
 
 class UpsertRequest(_message.Message):
-    __slots__ = ("model_fingerprint", "items", "collection", "batch")
+    __slots__ = ("model_fingerprint", "items", "collection", "batch", "only_absent")
     MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
+    ONLY_ABSENT_FIELD_NUMBER: _ClassVar[int]
     model_fingerprint: str
     items: _containers.RepeatedCompositeFieldContainer[Item]
     collection: str
     batch: ItemBatch
-    def __init__(self, model_fingerprint: _Optional[str] = ..., items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., collection: _Optional[str] = ..., batch: _Optional[_Union[ItemBatch, _Mapping]] = ...) -> None: ...
+    only_absent: bool
+    def __init__(self, model_fingerprint: _Optional[str] = ..., items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., collection: _Optional[str] = ..., batch: _Optional[_Union[ItemBatch, _Mapping]] = ..., only_absent: _Optional[bool] = ...) -> None: ...
 
 class UpsertResponse(_message.Message):
-    __slots__ = ("upserted", "count", "inserted", "replaced")
+    __slots__ = ("upserted", "count", "inserted", "replaced", "skipped_ids", "version")
     UPSERTED_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     INSERTED_FIELD_NUMBER: _ClassVar[int]
     REPLACED_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_IDS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     upserted: int
     count: int
     inserted: int
     replaced: int
-    def __init__(self, upserted: _Optional[int] = ..., count: _Optional[int] = ..., inserted: _Optional[int] = ..., replaced: _Optional[int] = ...) -> None: ...
+    skipped_ids: _containers.RepeatedScalarFieldContainer[str]
+    version: int
+    def __init__(self, upserted: _Optional[int] = ..., count: _Optional[int] = ..., inserted: _Optional[int] = ..., replaced: _Optional[int] = ..., skipped_ids: _Optional[_Iterable[str]] = ..., version: _Optional[int] = ...) -> None: ...
 
 class DeleteRequest(_message.Message):
-    __slots__ = ("ids", "collection")
+    __slots__ = ("ids", "collection", "if_versions")
     IDS_FIELD_NUMBER: _ClassVar[int]
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    IF_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     ids: _containers.RepeatedScalarFieldContainer[str]
     collection: str
-    def __init__(self, ids: _Optional[_Iterable[str]] = ..., collection: _Optional[str] = ...) -> None: ...
+    if_versions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., collection: _Optional[str] = ..., if_versions: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class DeleteResponse(_message.Message):
-    __slots__ = ("deleted", "not_found", "count")
+    __slots__ = ("deleted", "not_found", "count", "deleted_ids", "changed_ids")
     DELETED_FIELD_NUMBER: _ClassVar[int]
     NOT_FOUND_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
+    DELETED_IDS_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_IDS_FIELD_NUMBER: _ClassVar[int]
     deleted: int
     not_found: int
     count: int
-    def __init__(self, deleted: _Optional[int] = ..., not_found: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
+    deleted_ids: _containers.RepeatedScalarFieldContainer[str]
+    changed_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, deleted: _Optional[int] = ..., not_found: _Optional[int] = ..., count: _Optional[int] = ..., deleted_ids: _Optional[_Iterable[str]] = ..., changed_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class MetadataCondition(_message.Message):
     __slots__ = ("key", "any_of")
