@@ -36,9 +36,12 @@ class IndexStats:
     model_fingerprint: str
     collection: str = "default"
     dead: int = 0
-    disk_bytes: int = 0
+    disk_bytes: int = 0  # the three below together
     trained: bool = False
     damaged: int = 0
+    vector_bytes: int = 0
+    catalog_bytes: int = 0
+    snapshot_bytes: int = 0
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ BENCHES = {
                  ["bare_grpc_aio_health_ms", "flat2000_service_raw_stub_ms", "flat2000_inprocess_faiss_ms"]),
     "index": (["bench/index.py", "--quick", "--kinds", "flat,hnsw", "--queries", "20", "--repeats", "1"],
               ["flat 20000 recall@10", "hnsw 20000 RSS per vector (whole process)", "flat 20000 restart until SERVING"]),
+    "compaction": (["bench/compaction.py", "--quick", "--kinds", "flat,hnsw"],
+                   ["flat RSS churned / fresh", "hnsw disk churned / fresh", "flat search time churned / fresh"]),
     "embedder": (["bench/embedder.py", "--quick", "--images", "8", "--repeats", "1"],
                  ["served_embedstream_images_per_s", "preprocess_speedup_faithful_3000x2000",
                   "draft_shipped32_3000x2000_min_cosine", "ratio_index_dataset_vs_writeup_map"]),
