@@ -81,3 +81,30 @@ def test_services_are_headless_so_the_sdk_sees_every_pod_and_each_shard_has_a_st
     assert index["spec"]["serviceName"] in services and index["spec"]["volumeClaimTemplates"]
     kinds = {doc["kind"] for _, doc in DOCUMENTS}
     assert {"HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy", "Secret"} <= kinds
+
+
+def test_the_podman_play_form_keeps_the_workloads_and_rewrites_only_what_podman_cannot_take():
+    """scripts/kube_play_check.sh plays this form with podman; here it is checked without podman."""
+    done = subprocess.run([sys.executable, "scripts/kube_for_podman.py", "--embedder-port", "50061",
+                           "--index-port", "50062"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    played = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+    assert sorted(doc["kind"] for doc in played) == ["Deployment", "Deployment", "PersistentVolumeClaim"]
+    for doc in played:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    originals = {c["name"]: c for _, _, c in containers()}
+    for doc in (d for d in played if d["kind"] == "Deployment"):
+        pod = doc["spec"]["template"]["spec"]
+        [container] = pod["containers"]
+        original = originals[container["name"]]
+        assert container["image"] == original["image"] and container["args"] == original["args"]
+        assert not any("secret" in volume for volume in pod.get("volumes", []))
+        prefix = "IMGSIM_EMBEDDER" if container["name"] == "embedder" else "IMGSIM_INDEX"
+        env = {e["name"]: e for e in container["env"]}
+        assert env[f"{prefix}_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "imgsim-token", "key": "token"}
+        assert f"{prefix}_AUTH_TOKEN_FILE" not in env
+        assert all(port["hostIP"] == "127.0.0.1" for port in container["ports"])
+        kept = {e["name"] for e in original["env"]} - {f"{prefix}_AUTH_TOKEN_FILE"}
+        assert kept <= set(env)
+    index = next(d for d in played if d["metadata"]["name"] == "imgsim-index")["spec"]["template"]["spec"]
+    assert {"name": "data", "persistentVolumeClaim": {"claimName": "imgsim-index-data"}} in index["volumes"]
