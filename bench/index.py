@@ -162,6 +162,40 @@ def recall(found, truth: np.ndarray) -> float:
                           for hits, t in zip(found, truth)]))
 
 
+def peers(size: int, kind: str, args, service_recall: float) -> dict[str, float]:
+    """bench/baselines.py on the same data, in its own process with the machine's default threads."""
+    command = [sys.executable, str(ROOT / "bench" / "baselines.py"), "--size", str(size), "--dim", str(args.dim),
+               "--seed", str(size), "--queries", str(args.queries), "--repeats", str(args.repeats),
+               "--peers", kind, "--target-recall", f"{min(service_recall, 0.999):.4f}"]
+    done = subprocess.run(command, env=SERVER_ENV, capture_output=True, text=True, timeout=7200)
+    if done.returncode != 0:
+        raise RuntimeError(f"bench/baselines.py failed: {done.stderr[-2000:]}")
+    return {name: float(value) for name, value in (line.split(": ", 1) for line in done.stdout.splitlines())}
+
+
+def compare(size: int, kind: str, args, service: dict[str, float]) -> None:
+    """The in-process peers beside the service's own figures."""
+    found = peers(size, kind, args, service["recall"])
+    if kind == "flat":
+        for peer in ("numpy", "faiss"):
+            say(f"flat {size} {peer} in-process single / batches of 64",
+                f"{found[f'{peer} single queries/s']:.4g} / {found[f'{peer} batches of 64 queries/s']:.4g}",
+                "queries/s")
+            say(f"flat {size} service vs {peer} in-process, single", service["single"] / found[f"{peer} single queries/s"])
+            say(f"flat {size} service vs {peer} in-process, batches of 64",
+                service["batch"] / found[f"{peer} batches of 64 queries/s"])
+        say(f"flat {size} the write-up's search (one query at a time)", found["writeup single queries/s"], "queries/s")
+        say(f"flat {size} service vs the write-up's search, single", service["single"] / found["writeup single queries/s"])
+        say(f"flat {size} service vs the write-up's search, batches of 64",
+            service["batch"] / found["writeup single queries/s"])
+    elif kind == "hnsw":
+        say(f"hnsw {size} hnswlib build (in-process, all cores)", found["hnswlib build vectors/s"], "vectors/s")
+        say(f"hnsw {size} hnswlib ef reaching the service's recall", int(found["hnswlib ef"]))
+        say(f"hnsw {size} hnswlib recall@10", found["hnswlib recall@10"])
+        say(f"hnsw {size} hnswlib single queries/s (in-process, no RPC)", found["hnswlib single queries/s"])
+        say(f"hnsw {size} service vs hnswlib at equal recall, single", service["single"] / found["hnswlib single queries/s"])
+
+
 def run(size: int, kind: str, args, truth_cache: dict) -> None:
     print(f"\n== {kind}, {size} x {args.dim}", flush=True)
     stream = ClusteredStream(size, args.dim, seed=size)
@@ -200,13 +234,19 @@ def run(size: int, kind: str, args, truth_cache: dict) -> None:
                 " / ".join(f"{part / size:.0f}" for part in (stats.vector_bytes, stats.catalog_bytes,
                                                              stats.snapshot_bytes)), "bytes")
             rate, found = single_queries(client, queries, args.repeats)
-            say(f"{kind} {size} recall@10", recall(found, truth_cache[size]))
+            service = {"recall": recall(found, truth_cache[size]), "single": rate}
+            say(f"{kind} {size} recall@10", service["recall"])
             say(f"{kind} {size} single queries", rate, "queries/s")
-            batch = np.asarray(queries[:64])
-            started = time.perf_counter()
+            batches, in_batches = [], np.resize(queries, (192, args.dim))  # three batches of 64
             for _ in range(args.repeats):
-                client.search_vectors(batch, k=K, fingerprint=FP)
-            say(f"{kind} {size} batches of 64", 64 * args.repeats / (time.perf_counter() - started), "queries/s")
+                started = time.perf_counter()
+                for start in range(0, 192, 64):
+                    client.search_vectors(in_batches[start:start + 64], k=K, fingerprint=FP)
+                batches.append(192 / (time.perf_counter() - started))
+            service["batch"] = statistics.median(batches)
+            say(f"{kind} {size} batches of 64", service["batch"], "queries/s")
+        if kind in args.peers.split(",") and size <= args.peer_max_size:
+            compare(size, kind, args, service)
         server.stop()
         say(f"{kind} {size} restart until SERVING", server.start(), "s")
         with SimilarityClient(index=server.address, timeout=600) as client:
@@ -231,6 +271,11 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None, help="where the index's data goes (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the data directories")
     parser.add_argument("--server-flag", action="append", default=[], help="an extra imgsim-index flag")
+    parser.add_argument("--peers", default="flat,hnsw",
+                        help="kinds measured beside in-process peers (bench/baselines.py): flat (numpy, FAISS, the "
+                             "write-up's search), hnsw (hnswlib at equal recall)")
+    parser.add_argument("--peer-max-size", type=int, default=2_000_000,
+                        help="no peers above this size (they hold the data in memory, several copies)")
     parser.add_argument("--quick", action="store_true", help="20k vectors of 128 dimensions: a smoke run")
     args = parser.parse_args()
     if args.quick:
