@@ -19,6 +19,8 @@ BENCHES = {
                "hnsw 20000 service vs hnswlib at equal recall, single"]),
     "compaction": (["bench/compaction.py", "--quick", "--kinds", "flat,hnsw"],
                    ["flat RSS churned / fresh", "hnsw disk churned / fresh", "flat search time churned / fresh"]),
+    "gpu": (["bench/gpu.py", "--dry-run"],
+            ["matmul_peak_tflops", "model_only_bf16_efficiency_vs_matmul_peak", "end_to_end_embedstream_2_streams_images_per_s"]),
     "embedder": (["bench/embedder.py", "--quick", "--images", "8", "--repeats", "1"],
                  ["served_embedstream_images_per_s", "preprocess_speedup_faithful_3000x2000",
                   "draft_shipped32_3000x2000_min_cosine", "ratio_index_dataset_vs_writeup_map"]),
