@@ -14,6 +14,7 @@ its own client to one BLAS thread). Prints `name: value` lines that bench/index.
 """
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -59,6 +60,26 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
 
 def say(name: str, value: float) -> None:
     print(f"{name}: {value:.4g}", flush=True)
+
+
+def memory_bandwidth(gib: float = 1.0) -> float:
+    """Bytes/s a copy of a large array moves (read + write), split over every core: the ceiling of a scan."""
+    from concurrent.futures import ThreadPoolExecutor
+    source = np.ones(int(gib * 2**30) // 8)
+    target = np.empty_like(source)
+    parts = np.array_split(np.arange(len(source)), os.cpu_count())
+    bounds = [(part[0], part[-1] + 1) for part in parts if len(part)]
+
+    def copy():
+        with ThreadPoolExecutor(len(bounds)) as pool:
+            list(pool.map(lambda b: np.copyto(target[b[0]:b[1]], source[b[0]:b[1]]), bounds))
+    copy()
+    seconds = []
+    for _ in range(5):
+        started = time.perf_counter()
+        copy()
+        seconds.append(time.perf_counter() - started)
+    return 2 * source.nbytes / statistics.median(seconds)
 
 
 def flat_peers(raw: np.ndarray, unit: np.ndarray, queries: np.ndarray, args) -> None:
@@ -117,6 +138,7 @@ def main() -> None:
     queries = stream.queries(args.queries)
     peers = args.peers.split(",")
     if "flat" in peers:
+        say("memory bandwidth bytes/s", memory_bandwidth())
         flat_peers(raw, unit, queries, args)
     del raw
     if "hnsw" in peers:

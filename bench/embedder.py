@@ -71,6 +71,22 @@ def make_checkpoint(folder: Path, quick: bool) -> None:
     ViTImageProcessorPil(size={"height": 224, "width": 224}).save_pretrained(folder)
 
 
+def flops_per_image(config) -> float:
+    """Multiply-adds x 2 of a ViT forward pass: patch embedding, then per layer QKV, attention, output and MLP."""
+    tokens = (config.image_size // config.patch_size) ** 2 + 1
+    d, mlp = config.hidden_size, config.intermediate_size
+    patch = (tokens - 1) * d * 3 * config.patch_size ** 2
+    per_layer = tokens * (4 * d * d + 2 * d * mlp) + 2 * tokens * tokens * d
+    return 2.0 * (patch + config.num_hidden_layers * per_layer)
+
+
+def matmul_flops_per_s(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
+    """Dense matmul throughput of this machine's CPU with torch's threads: the peak a model is judged against."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    return 2.0 * size ** 3 / median_seconds(lambda: a @ b, repeats)
+
+
 def median_seconds(action, repeats: int) -> float:
     timings = []
     for _ in range(repeats):
@@ -210,6 +226,15 @@ def main() -> None:
             figures[f"bare_model_batch{batch}_images_per_s"] = bare_model(model, batch, images if batch > 1 else
                                                                            max(8, images // 4), args.repeats)
             print(f"  bare batch {batch}: {figures[f'bare_model_batch{batch}_images_per_s']:.2f}", flush=True)
+        figures["matmul_fp32_gflops"] = matmul_flops_per_s(torch.float32) / 1e9
+        figures["matmul_bf16_gflops"] = matmul_flops_per_s(torch.bfloat16, size=768, repeats=2) / 1e9
+        figures["model_gflops_per_image"] = flops_per_image(model.model.config) / 1e9
+        figures["bare_model_batch32_efficiency_vs_fp32_matmul"] = (figures["bare_model_batch32_images_per_s"]
+                                                                   * figures["model_gflops_per_image"]
+                                                                   / figures["matmul_fp32_gflops"])
+        print(f"  matmul fp32 {figures['matmul_fp32_gflops']:.1f} GFLOP/s, bf16 {figures['matmul_bf16_gflops']:.1f}; "
+              f"the model at batch 32 reaches {figures['bare_model_batch32_efficiency_vs_fp32_matmul']:.0%} of fp32",
+              flush=True)
         figures["inprocess_pipeline_images_per_s"] = in_process_pipeline(model, photos, 32, args.repeats)
         for name, data in (("500x500", photos[0]), ("3000x2000", big)):
             ms = preprocessing_ms(model.processor, data, args.repeats)

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from embedder import make_checkpoint, photo_jpeg  # noqa: E402
+from embedder import flops_per_image, make_checkpoint, photo_jpeg  # noqa: E402
 from client.local_services import free_port  # noqa: E402
 from imgsim.healthcheck import is_serving  # noqa: E402
 from imgsim.v1 import embedder_pb2, embedder_pb2_grpc  # noqa: E402
@@ -62,15 +62,6 @@ def timed(action, device: str, repeats: int = 3) -> float:
         synchronize(device)
         times.append(time.perf_counter() - started)
     return statistics.median(times)
-
-
-def flops_per_image(config) -> float:
-    """Multiply-adds x 2 of a ViT forward pass: patch embedding, then per layer QKV, attention, output and MLP."""
-    tokens = (config.image_size // config.patch_size) ** 2 + 1
-    d, mlp = config.hidden_size, config.intermediate_size
-    patch = (tokens - 1) * d * 3 * config.patch_size ** 2
-    per_layer = tokens * (4 * d * d + 2 * d * mlp) + 2 * tokens * tokens * d
-    return 2.0 * (patch + config.num_hidden_layers * per_layer)
 
 
 def matmul_peak(device: str, dtype: torch.dtype, size: int) -> float:

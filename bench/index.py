@@ -184,6 +184,11 @@ def compare(size: int, kind: str, args, service: dict[str, float]) -> None:
             say(f"flat {size} service vs {peer} in-process, single", service["single"] / found[f"{peer} single queries/s"])
             say(f"flat {size} service vs {peer} in-process, batches of 64",
                 service["batch"] / found[f"{peer} batches of 64 queries/s"])
+        bandwidth, scanned = found["memory bandwidth bytes/s"], 4.0 * size * args.dim
+        say(f"flat {size} memory bandwidth (array copy, all cores)", bandwidth / 1e9, "GB/s")
+        say(f"flat {size} service scan efficiency, single / batches of 64 (bytes scanned/s / bandwidth)",
+            f"{service['single'] * scanned / bandwidth:.3f} / {service['batch'] / 64 * scanned / bandwidth:.3f}")
+        say(f"flat {size} numpy scan efficiency, single", found["numpy single queries/s"] * scanned / bandwidth)
         say(f"flat {size} the write-up's search (one query at a time)", found["writeup single queries/s"], "queries/s")
         say(f"flat {size} service vs the write-up's search, single", service["single"] / found["writeup single queries/s"])
         say(f"flat {size} service vs the write-up's search, batches of 64",

@@ -16,14 +16,16 @@ BENCHES = {
     "index": (["bench/index.py", "--quick", "--kinds", "flat,hnsw", "--queries", "20", "--repeats", "1"],
               ["flat 20000 recall@10", "hnsw 20000 RSS per vector (whole process)", "flat 20000 restart until SERVING",
                "flat 20000 service vs numpy in-process, single", "flat 20000 service vs the write-up's search, single",
-               "hnsw 20000 service vs hnswlib at equal recall, single"]),
+               "hnsw 20000 service vs hnswlib at equal recall, single", "flat 20000 memory bandwidth (array copy, all cores)",
+               "flat 20000 numpy scan efficiency, single"]),
     "compaction": (["bench/compaction.py", "--quick", "--kinds", "flat,hnsw"],
                    ["flat RSS churned / fresh", "hnsw disk churned / fresh", "flat search time churned / fresh"]),
     "gpu": (["bench/gpu.py", "--dry-run"],
             ["matmul_peak_tflops", "model_only_bf16_efficiency_vs_matmul_peak", "end_to_end_embedstream_2_streams_images_per_s"]),
     "embedder": (["bench/embedder.py", "--quick", "--images", "8", "--repeats", "1"],
                  ["served_embedstream_images_per_s", "preprocess_speedup_faithful_3000x2000",
-                  "draft_shipped32_3000x2000_min_cosine", "ratio_index_dataset_vs_writeup_map"]),
+                  "draft_shipped32_3000x2000_min_cosine", "ratio_index_dataset_vs_writeup_map",
+                  "bare_model_batch32_efficiency_vs_fp32_matmul", "matmul_bf16_gflops"]),
 }
 
 
