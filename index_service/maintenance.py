@@ -12,7 +12,7 @@ import numpy as np
 from index_service.catalog import NewRecords
 from index_service.id_table import id_hashes
 from index_service.exact import unit_rows
-from index_service.kinds.ivfpq import MAX_TRAINING_SAMPLE, training_size
+from index_service.kinds.ivfpq import MAX_TRAINING_SAMPLE, append_lists, training_size
 from index_service.vector_file import crc32_rows
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ class Maintenance:
             part = rows[start:start + ENCODE_CHUNK]
             delta = faiss.clone_index(template)
             delta.add_with_ids(self._unit(part), part)
-            lists.merge_from(delta, 0)
+            append_lists(lists, delta)
 
     # Compaction.
 

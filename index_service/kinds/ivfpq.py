@@ -30,6 +30,35 @@ def training_size(params) -> int:
     return max(39 * params.ivf_nlist, PQ_TRAINING_POINTS)
 
 
+def append_lists(lists: faiss.IndexIVFPQFastScan, delta: faiss.IndexIVFPQFastScan) -> None:
+    """Appends every inverted list of `delta` to `lists` (one training), what lists.merge_from(delta, 0) does.
+
+    Not merge_from: FAISS's BlockInvertedLists.add_entries, which it uses, copies a whole list's blocks past
+    the end of the destination when that list already holds a multiple of block_size entries (heap corruption:
+    it crashed the index at about 1.3M vectors). Those lists are appended entry by entry with the code packer;
+    for the others add_entries is right."""
+    target = faiss.downcast_InvertedLists(lists.invlists)
+    source = faiss.downcast_InvertedLists(delta.invlists)
+    packer = target.packer
+    code = np.empty(packer.code_size, dtype=np.uint8)
+    for list_no in range(source.nlist):
+        count = source.list_size(list_no)
+        if not count:
+            continue
+        held = target.list_size(list_no)
+        if held == 0 or held % target.block_size:
+            target.add_entries(list_no, count, source.get_ids(list_no), source.get_codes(list_no))
+            continue
+        target.resize(list_no, held + count)
+        faiss.rev_swig_ptr(target.get_ids(list_no), held + count)[held:] = \
+            faiss.rev_swig_ptr(source.get_ids(list_no), count)
+        packed_in, packed_out = source.get_codes(list_no), target.get_codes(list_no)
+        for entry in range(count):
+            packer.unpack_1_c(packed_in, entry, faiss.swig_ptr(code))
+            packer.pack_1_c(faiss.swig_ptr(code), held + entry, packed_out)
+    lists.ntotal += delta.ntotal
+
+
 class IvfPqStructure(Structure):
     kind = "ivfpq"
     approximate = True
@@ -71,7 +100,7 @@ class IvfPqStructure(Structure):
         self.live[ended] = False
         if len(rows):
             if delta is not None:
-                self.lists.merge_from(delta, 0)
+                append_lists(self.lists, delta)
                 self.coded[rows] = True
             self.live[rows] = True
         self._live_bits = None
