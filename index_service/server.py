@@ -54,10 +54,11 @@ async def start(config: IndexConfig, stopping: threading.Event | None = None) ->
     faiss.omp_set_num_threads(config.faiss_threads)
     work = ThreadPoolExecutor(max_workers=config.search_threads, thread_name_prefix="index-work",
                               initializer=faiss.omp_set_num_threads, initargs=(config.faiss_threads,))
+    checking = ThreadPoolExecutor(max_workers=config.search_threads, thread_name_prefix="index-check")
     metrics = Metrics()
     search_seconds = metrics.histogram("imgsim_index_search_seconds", "search time, by index kind and exactness",
                                        ["kind", "exact"])
-    servicer = IndexServicer(work, config.serving.stream_idle_s, search_seconds)
+    servicer = IndexServicer(work, config.serving.stream_idle_s, search_seconds, checking)
     index_metrics(metrics, servicer)
     health = Health(SERVICE_NAME)
     server, port, metrics_port = await start_server(
@@ -69,6 +70,7 @@ async def start(config: IndexConfig, stopping: threading.Event | None = None) ->
         await server.stop(0)
         metrics.stop()
         work.shutdown(wait=False)
+        checking.shutdown(wait=False)
         if isinstance(err, LoadAborted):
             raise StartAborted(str(err)) from None
         raise
@@ -80,6 +82,7 @@ async def start(config: IndexConfig, stopping: threading.Event | None = None) ->
     def close() -> None:
         registry.close()
         work.shutdown(wait=True)
+        checking.shutdown(wait=True)
 
     def cutting() -> None:
         servicer.cut = True

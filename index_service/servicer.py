@@ -69,19 +69,23 @@ def stats_message(c: Collection) -> index_pb2.GetStatsResponse:
 
 
 class IndexServicer(index_pb2_grpc.IndexServicer):
-    def __init__(self, work: ThreadPoolExecutor, stream_idle_s: float = 60.0, search_seconds=None):
+    def __init__(self, work: ThreadPoolExecutor, stream_idle_s: float = 60.0, search_seconds=None,
+                 checking: ThreadPoolExecutor | None = None):
         self.work = work
+        # Checking a write's messages (up to 16,384 items a call) runs in a pool of its own, so that searches
+        # never queue behind a bulk load's validation; the OS shares the cores between the two.
+        self.checking = checking or work
         self.stream_idle_s = stream_idle_s
         self.search_seconds = search_seconds  # a histogram labelled by kind and exactness, or None
         self.registry = None  # set once the data directory is loaded
         self.cut = False  # set when shutdown is about to cut the calls still open
 
-    async def _run(self, context, function, *args):
-        """Runs blocking work in the pool; any error ends the call with its mapped status."""
+    async def _run(self, context, function, *args, pool: ThreadPoolExecutor | None = None):
+        """Runs blocking work in a pool (reads' by default); any error ends the call with its mapped status."""
         try:
             if self.registry is None:
                 raise NotReady("the index is not ready: it is loading its data")
-            return await asyncio.get_running_loop().run_in_executor(self.work, function, *args)
+            return await asyncio.get_running_loop().run_in_executor(pool or self.work, function, *args)
         except Exception as err:
             code, message = status_for(err)
             await context.abort(code, message)
@@ -103,7 +107,7 @@ class IndexServicer(index_pb2_grpc.IndexServicer):
         call = validation.UpsertCall()
         try:
             async for request in idle_limited(request_iterator, self.stream_idle_s):
-                await self._run(context, call.add, request)
+                await self._run(context, call.add, request, pool=self.checking)
             await still_open(context, self.cut)
         except Exception as err:
             if isinstance(err, grpc.aio.AbortError):
@@ -116,7 +120,7 @@ class IndexServicer(index_pb2_grpc.IndexServicer):
             op.items = call.items()
             return self._collection(call.collection).submit(op)
 
-        future = await self._run(context, prepare)
+        future = await self._run(context, prepare, pool=self.checking)
         try:
             result = await asyncio.wrap_future(future)
         except asyncio.CancelledError:
