@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from client.local_services import free_port
 from conftest import ROOT
@@ -228,9 +228,10 @@ class IndexMachine(RuleBasedStateMachine):
                 else:
                     assert item_id not in stored, "half of an unacknowledged call landed"
 
-    @precondition(lambda self: len(self.model) > 0)
     @rule()
     def compact(self):
+        """(No precondition on the model: whether an in-flight write landed is up to timing, and a rule that
+        is enabled by it makes hypothesis's replays diverge.)"""
         COUNTS["steps"] += 1
         self.index.stub.Compact(index_pb2.CompactRequest())
 
