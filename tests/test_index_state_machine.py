@@ -4,7 +4,8 @@ index process, checked after every step against a plain-Python model of what was
 Invariants: every acknowledged write is present bit for bit, deleted items stay deleted, a refused write
 leaves no trace, a call cut by kill -9 landed whole or not at all, and flat search equals exact numpy on the
 model. CI runs a small number of examples; IMGSIM_STATEFUL_EXAMPLES=N IMGSIM_STATEFUL_STEPS=M run it long
-(the counts of steps and kills are printed at the end).
+(the counts of steps and kills are printed at the end, and after every example to the file named by
+IMGSIM_STATEFUL_COUNTS).
 """
 
 import os
@@ -99,6 +100,9 @@ class IndexMachine(RuleBasedStateMachine):
 
     def teardown(self):
         import shutil
+        if os.environ.get("IMGSIM_STATEFUL_COUNTS"):  # a long run's progress, readable while it runs
+            with open(os.environ["IMGSIM_STATEFUL_COUNTS"], "w") as out:
+                out.write(f"{time.strftime('%H:%M:%S')} {COUNTS}\n")
         try:
             if self.index is not None and self.index.process.poll() is None:
                 self.index.stop(signal.SIGKILL)
