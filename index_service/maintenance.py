@@ -183,6 +183,8 @@ class Maintenance:
         live rows into the holes, truncate the vector file. Returns the rows reclaimed."""
         c = self.collection
         with self.compacting:
+            if c.structure is None:  # never written: nothing to reclaim
+                return 0
             before = c.rows.end
             self._purge()
             self._relocate()

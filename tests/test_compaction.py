@@ -82,3 +82,14 @@ def test_deleting_most_items_gives_the_space_back(tmp_path, kind):
     finally:
         idx.close()
         running.stop(0)
+
+
+def test_compacting_a_collection_never_written_reclaims_nothing_and_breaks_nothing(index):
+    """Found by the stateful test once compact could run first: an empty collection had no structure."""
+    idx = Index(index.port)
+    try:
+        assert idx.stub.Compact(index_pb2.CompactRequest()).reclaimed == 0
+        idx.upsert(["a"], np.ones((1, 4), np.float32))
+        assert idx.stats().count == 1
+    finally:
+        idx.close()
