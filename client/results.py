@@ -42,6 +42,7 @@ class IndexStats:
     vector_bytes: int = 0
     catalog_bytes: int = 0
     snapshot_bytes: int = 0
+    pending: int = 0  # ivfpq: items searched exactly until their codes are in the lists
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,7 @@ class Stats:
     snapshot_seq: int
     trained: bool
     damaged: int
+    pending: int
 
 
 class Collection:
@@ -115,7 +116,6 @@ class Collection:
         self.generation = 0  # bumped at every publish: what caches of the live state key on
         self._live_rows = None
         self._filter_cache: dict = {}
-        self.training = None  # ivfpq: the background training run's change log, while one runs
         self.scrub_needed = False  # rows loaded from a snapshot whose vectors were not read yet
         self.closed = False
         self.recovering = False
@@ -327,12 +327,10 @@ class Collection:
             if len(high):
                 self.ids.remove(high, low)
             self.damaged -= set(ended.tolist())
-            if self.training is not None:
-                self.training.changed(plan.new_rows, ended)
+            freed = self.structure.freed_at_once(ended)
             self.generation += 1
             self._live_rows = None
-        if not self.structure.keeps_ended():
-            self.rows.give_back(ended)
+        self.rows.give_back(freed)
         self.changes_since_snapshot += plan.new_count + len(ended)
         self._settle(plan)
 
@@ -517,7 +515,8 @@ class Collection:
             return Stats(self.name, self.kind, self.params, self.fingerprint, self.dimension, self.count,
                          self.rows.unused() + held, self.vectors.disk_bytes if self.vectors else 0,
                          self.catalog.disk_bytes, snapshot.disk_bytes(self.folder / SNAPSHOTS), self.catalog.seq,
-                         self.snapshot_seq, trained, len(self.damaged))
+                         self.snapshot_seq, trained, len(self.damaged),
+                         self.structure.pending() if self.structure is not None else 0)
 
     # Snapshots.
 

@@ -1,38 +1,25 @@
-"""A collection's background work: verifying checksums after a load from a snapshot, training ivfpq lists,
-compaction and snapshots. Nothing here holds the exclusive lock for more than a short step, so searches go
+"""A collection's background work: verifying checksums after a load from a snapshot, training ivfpq lists and
+encoding rows into them, compaction and snapshots. Nothing here holds the exclusive lock for more than a short step, so searches go
 on throughout; writes wait only while a step needs the write mutex (documented per step)."""
 
 import logging
 import threading
 import time
 
-import faiss
 import numpy as np
 
 from index_service.catalog import NewRecords
 from index_service.id_table import id_hashes
 from index_service.exact import unit_rows
-from index_service.kinds.ivfpq import MAX_TRAINING_SAMPLE, append_lists, training_size
+from index_service.kinds.ivfpq import MAX_TRAINING_SAMPLE, training_size
 from index_service.vector_file import crc32_rows
 
 log = logging.getLogger(__name__)
 COMPACT_MIN_ROWS = 1024
 RELOCATE_BATCH = 16384
 ENCODE_CHUNK = 16384
+ENCODE_ROUNDS = 8  # chunks encoded per maintenance step, between chances for snapshots and compaction
 TRAIN_RETRY_S = 300.0
-
-
-class ChangeLog:
-    """Rows written or ended while an ivfpq training run encodes the collection in the background."""
-
-    def __init__(self):
-        self.parts: list[np.ndarray] = []
-
-    def changed(self, new_rows: np.ndarray, ended: np.ndarray) -> None:
-        self.parts += [np.asarray(new_rows, np.int64), np.asarray(ended, np.int64)]
-
-    def rows(self) -> np.ndarray:
-        return np.unique(np.concatenate(self.parts)) if self.parts else np.zeros(0, np.int64)
 
 
 class Maintenance:
@@ -44,11 +31,13 @@ class Maintenance:
         self.compacting = threading.Lock()
         self.train_failed_at = 0.0
         self.busy = False
+        self.more_to_do = False  # the last step stopped with work left: the next one starts at once
         self._thread = threading.Thread(target=self._run, name=f"maintenance-{collection.name}", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while not self.stopping.wait(self.interval_s):
+        while not self.stopping.wait(0.0 if self.more_to_do else self.interval_s):
+            self.more_to_do = False
             self.busy = True
             try:
                 self.step()
@@ -66,6 +55,8 @@ class Maintenance:
             self.scrub()
         if self.needs_training():
             self.train()
+        if self.needs_encoding():
+            self.more_to_do = self.encode_tail()
         if self.needs_compaction():
             self.compact()
         if c.changes_since_snapshot and c.changes_since_snapshot >= max(c.snapshot_every, c.count // 4):
@@ -77,7 +68,7 @@ class Maintenance:
 
     def idle(self) -> bool:
         """Nothing due: no compaction or training pending (for tests and operators)."""
-        return not (self.busy or self.needs_compaction() or self.needs_training())
+        return not (self.busy or self.needs_compaction() or self.needs_training() or self.needs_encoding())
 
     # Checksums.
 
@@ -108,6 +99,8 @@ class Maintenance:
                 and c.count >= training_size(c.params) and time.monotonic() - self.train_failed_at > TRAIN_RETRY_S)
 
     def train(self) -> None:
+        """Trains lists on a sample of the live vectors (no lock held) and installs them empty: from then on
+        the encoder moves rows from the exact tail into them."""
         c = self.collection
         structure = c.structure
         started = time.monotonic()
@@ -122,50 +115,45 @@ class Maintenance:
             log.error("collection %r: ivfpq training failed (%s); searches stay exact, retrying in %.0f s",
                       c.name, err, TRAIN_RETRY_S)
             return
-        with c.write_mutex:
-            c.training = ChangeLog()
-            with c.lock.shared():
-                todo = c.live_rows().copy()
-        encoded = np.zeros(0, np.int64)
-        while True:  # encode without blocking writers, until what changed meanwhile is small
-            self._encode_into(lists, todo)
-            encoded = np.union1d(encoded, todo)
-            with c.lock.shared():
-                todo = np.union1d(np.setdiff1d(c.live_rows(), encoded), np.intersect1d(c.training.rows(), c.live_rows()))
-            if len(todo) < ENCODE_CHUNK or self.stopping.is_set():
-                break
-        with c.write_mutex:  # writers wait while the last changes are encoded
-            if self.stopping.is_set() or c.closed:
-                c.training = None
-                return
-            changed = c.training.rows()
-            stale = np.intersect1d(encoded, changed)
-            if len(stale):
-                lists.remove_ids(faiss.IDSelectorBatch(stale))
-            with c.lock.shared():
-                live = c.live_rows().copy()
-            todo = np.union1d(np.setdiff1d(live, encoded), np.intersect1d(changed, live))
-            self._encode_into(lists, todo)
-            with c.lock.exclusive():
-                structure.install(lists, live)
-                c.training = None
-                c.generation += 1
-        log.info("collection %r: ivfpq trained on %d vectors and %d encoded in %.1f s; searches use it now",
-                 c.name, len(sample_rows), len(live), time.monotonic() - started)
-        c.take_snapshot()
+        with c.lock.exclusive():
+            structure.install(lists)
+            c.generation += 1
+        log.info("collection %r: ivfpq trained on %d vectors in %.1f s; %d rows wait for their codes",
+                 c.name, len(sample_rows), time.monotonic() - started, structure.pending())
 
     def _unit(self, rows: np.ndarray) -> np.ndarray:
         return np.concatenate([unit_rows(raw) for _, raw in self.collection.vectors.scan(rows)]) if len(rows) \
             else np.zeros((0, self.collection.dimension), np.float32)
 
-    def _encode_into(self, lists, rows: np.ndarray) -> None:
-        template = faiss.clone_index(lists)
-        template.reset()
-        for start in range(0, len(rows), ENCODE_CHUNK):
-            part = rows[start:start + ENCODE_CHUNK]
-            delta = faiss.clone_index(template)
-            delta.add_with_ids(self._unit(part), part)
-            append_lists(lists, delta)
+    # ivfpq encoding.
+
+    def needs_encoding(self) -> bool:
+        c = self.collection
+        return c.kind == "ivfpq" and c.structure is not None and c.structure.trained and c.structure.pending() > 0
+
+    def encode_tail(self) -> bool:
+        """Encodes up to ENCODE_ROUNDS chunks of the exact tail into the lists; True if some is left."""
+        c = self.collection
+        structure = c.structure
+        with self.compacting:  # rows must not move meanwhile
+            for _ in range(ENCODE_ROUNDS):
+                if self.stopping.is_set() or c.closed:
+                    return False
+                with c.lock.exclusive():
+                    rows = structure.begin_encoding()[:ENCODE_CHUNK]
+                try:
+                    encoded = structure.encode(rows, self._unit(rows))
+                    with c.lock.exclusive():
+                        added = structure.add_encoded(encoded)
+                        c.generation += 1
+                finally:
+                    structure.end_encoding()
+                c.changes_since_snapshot += added
+                if not structure.pending():
+                    if added:
+                        log.info("collection %r: every live row is in the ivfpq lists", c.name)
+                    return False
+            return True
 
     # Compaction.
 
@@ -244,14 +232,14 @@ class Maintenance:
             staged = c.structure.stage_relocation(new, unit_rows(raw))
             with c.lock.exclusive():
                 c.structure.relocate(old, new, staged)
+                freed = c.structure.freed_at_once(old)
                 c.ids.put(high, low, new)
                 c.generation += 1
                 c._live_rows = None
         except Exception:
             c.recover("moving committed rows failed")
             return
-        if not c.structure.keeps_ended():
-            c.rows.give_back(old)
+        c.rows.give_back(freed)
         c.changes_since_snapshot += len(old)
 
     def _truncate(self) -> None:

@@ -122,6 +122,7 @@ def test_ivfpq_trains_in_the_background_and_answers_exactly_until_then(tmp_path)
         np.testing.assert_array_equal(ids_as_numbers(idx.search(queries, 10)), exact_rows)
         fill(idx, candidates)  # past the training size: trained in the background, then swapped in
         wait_for(lambda: idx.stats().trained)
+        wait_for(lambda: idx.stats().pending == 0)  # every row encoded into the lists: none searched exactly
         expected, _ = exact_top_k(candidates, queries, 10)
         assert recall(idx.search(queries, 10), expected) >= 0.9
         idx.delete(["v5"])
@@ -157,12 +158,13 @@ def test_a_damaged_snapshot_is_reported_and_rebuilt_from_the_store_then_replaced
         running.stop(0)
 
 
-def test_appending_inverted_lists_equals_adding_the_vectors_even_where_faiss_merge_overflows():
-    """FAISS's merge_from corrupts the heap when a list already holds a multiple of block_size entries (it
-    crashed the index at about 1.3M vectors): append_lists must give, entry for entry, what add_with_ids gives."""
+def test_encoded_codes_appended_equal_faiss_add_with_ids_even_where_its_merge_overflows():
+    """The service encodes (numpy's coarse assignment, FAISS's PQ codes) and packs codes into the lists itself:
+    entry for entry it must give what FAISS's add_with_ids gives, also where a list already holds a multiple
+    of block_size entries (FAISS's merge_from corrupts the heap there; it crashed the index at 1.3M)."""
     import faiss
 
-    from index_service.kinds.ivfpq import append_lists
+    from index_service.kinds.ivfpq import append_encoded, encode
     dimension, rng = 32, np.random.default_rng(0)
     data = rng.standard_normal((5000, dimension)).astype(np.float32)
     data /= np.linalg.norm(data, axis=1, keepdims=True)
@@ -171,19 +173,23 @@ def test_appending_inverted_lists_equals_adding_the_vectors_even_where_faiss_mer
     trained.own_fields = True
     quantizer.this.disown()
     trained.train(data)
+    centroids = trained.quantizer.reconstruct_n(0, 2)
     lists_of = trained.quantizer.assign(data, 1).ravel()
+    assert np.array_equal(lists_of, np.argmax(data @ centroids.T, axis=1))  # the same coarse assignment
     block = faiss.downcast_InvertedLists(trained.invlists).block_size
     # List 0 holds exactly `block` entries (FAISS's overflow case), list 1 a number that is not a multiple.
     first = np.concatenate([np.flatnonzero(lists_of == 0)[:block], np.flatnonzero(lists_of == 1)[:block + 44]])
     rest = np.setdiff1d(np.arange(len(data)), first)
 
-    def filled(rows):
+    def empty():
         index = faiss.clone_index(trained)
         index.reset()
-        index.add_with_ids(data[rows], rows.astype(np.int64))
         return index
-    expected, appended = filled(np.concatenate([first, rest])), filled(first)
-    append_lists(appended, filled(rest))
+    expected, appended = empty(), empty()
+    everything = np.concatenate([first, rest])
+    expected.add_with_ids(data[everything], everything.astype(np.int64))
+    for rows in (first, rest[:7], rest[7:]):
+        append_encoded(appended, encode(appended, centroids, data[rows], rows))
 
     def entries(index, list_no):
         lists = faiss.downcast_InvertedLists(index.invlists)
@@ -208,7 +214,7 @@ def test_appending_to_a_list_holding_a_multiple_of_block_size_entries_keeps_the_
     from conftest import ROOT
     script = """
 import faiss, numpy as np
-from index_service.kinds.ivfpq import append_lists
+from index_service.kinds.ivfpq import append_encoded, encode
 data = np.random.default_rng(0).standard_normal((7000, 32)).astype(np.float32)
 data /= np.linalg.norm(data, axis=1, keepdims=True)
 quantizer = faiss.IndexFlatIP(32)
@@ -216,15 +222,72 @@ trained = faiss.IndexIVFPQFastScan(quantizer, 32, 1, 16, 4, faiss.METRIC_INNER_P
 trained.own_fields = True
 quantizer.this.disown()
 trained.train(data[:5000])
+centroids = trained.quantizer.reconstruct_n(0, 1)
 for _ in range(5):
-    lists, delta = faiss.clone_index(trained), faiss.clone_index(trained)
-    lists.reset(); delta.reset()
+    lists = faiss.clone_index(trained)
+    lists.reset()
     lists.add_with_ids(data[:6144], np.arange(6144, dtype=np.int64))
-    delta.add_with_ids(data[6144:6160], np.arange(6144, 6160, dtype=np.int64))
-    append_lists(lists, delta)
+    rows = np.arange(6144, 6160)
+    append_encoded(lists, encode(lists, centroids, data[rows], rows))
     assert lists.ntotal == 6160
+    assert np.array_equal(lists.search(data[6150:6151], 1)[1].ravel(), [6150])
     garbage = [np.ones(1000 + i) for i in range(200)]
 print("intact")
 """
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "intact" in done.stdout, done.stderr[-2000:]
+
+
+def test_ivfpq_encoder_never_adds_the_code_of_a_row_ended_or_reused_meanwhile(tmp_path, monkeypatch):
+    """The background encoder reads a chunk of the exact tail, encodes it without a lock, then appends: rows
+    ended (and reused by newer vectors) meanwhile must stay out of the lists, so that every coded row's code is
+    its current vector's; rows ended while uncoded are free at once."""
+    from index_service.kinds import ivfpq
+    from index_service.vector_file import VectorFile
+    dimension, rng = 16, np.random.default_rng(3)
+
+    def unit(n):
+        x = rng.standard_normal((n, dimension)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+    vectors = VectorFile(tmp_path / "vectors", dimension, create=True)
+
+    def write(rows, x, ended=np.zeros(0, np.int64)):
+        vectors.reserve(int(rows.max()) + 1)
+        vectors.write(rows, x)
+        structure.publish(structure.stage(rows, x, None), ended)
+    structure = ivfpq.IvfPqStructure(dimension, KindParams(ivf_nlist=4, ivf_nprobe=4, pq_m=8), vectors)
+    x = unit(3000)
+    write(np.arange(3000), x)
+    structure.install(structure.train(x))
+    assert structure.pending() == 3000
+    chunk = structure.begin_encoding()[:2000]
+    encoded = structure.encode(chunk, x[chunk])
+    structure.publish((np.zeros(0, np.int64), None), np.arange(100))  # rows 0-99 end...
+    assert np.array_equal(structure.freed_at_once(np.arange(100)), np.arange(100))  # ...uncoded: free at once
+    x[:50] = unit(50)
+    write(np.arange(50), x[:50])  # ...and 0-49 are reused by new vectors
+    assert structure.add_encoded(encoded) == 1900
+    assert structure.pending() == 50 + 1000
+    ended_coded = np.arange(100, 110)
+    structure.publish((np.zeros(0, np.int64), None), ended_coded)
+    assert not len(structure.freed_at_once(ended_coded)) and np.array_equal(structure.held_rows(), ended_coded)
+    monkeypatch.setattr(ivfpq, "TAIL_LIMIT", 1000)  # past it a write encodes its own rows
+    more = np.arange(3000, 3100)
+    x = np.concatenate([x, unit(100)])
+    write(more, x[more])
+    assert structure.coded[more].all() and structure.pending() == 1050
+    while structure.pending():
+        rows = structure.begin_encoding()
+        structure.add_encoded(structure.encode(rows, x[rows]))
+    live = np.setdiff1d(np.arange(3100), np.arange(50, 110))
+    lists = faiss_ids(structure.lists)
+    assert np.array_equal(np.sort(lists), np.sort(np.concatenate([live, ended_coded])))  # each row once
+    _, found = structure.search(x[live], 1, None)
+    assert np.array_equal(found[:, 0], live)  # every live row's code is its current vector's
+
+
+def faiss_ids(lists) -> np.ndarray:
+    import faiss
+    inverted = faiss.downcast_InvertedLists(lists.invlists)
+    return np.concatenate([faiss.rev_swig_ptr(inverted.get_ids(i), inverted.list_size(i)).copy()
+                           for i in range(inverted.nlist) if inverted.list_size(i)])

@@ -48,9 +48,10 @@ class Structure:
         """Under the exclusive lock: the same vectors now live at new rows (compaction)."""
         raise NotImplementedError
 
-    def keeps_ended(self) -> bool:
-        """True when ended rows stay held (see held_rows) instead of being free at once."""
-        return False
+    def freed_at_once(self, ended: np.ndarray) -> np.ndarray:
+        """Of the rows a write just ended (under the exclusive lock), those free at once; the others stay
+        held (see held_rows)."""
+        return ended
 
     def held_rows(self) -> np.ndarray:
         """Ended rows whose slot the structure still needs (their vectors guide a graph, or their codes wait
@@ -76,6 +77,10 @@ class Structure:
     def unit_vectors(self, rows: np.ndarray) -> np.ndarray | None:
         """The unit vectors of live rows if the structure keeps them in memory; None to read the vector file."""
         return None
+
+    def pending(self) -> int:
+        """Live rows searched exactly because the approximate structure does not hold them yet."""
+        return 0
 
     def memory_bytes(self) -> int:
         return 0

@@ -80,8 +80,8 @@ class HnswStructure(Structure):
         self.row_node[new_rows] = nodes
         self.node_row[nodes] = new_rows
 
-    def keeps_ended(self) -> bool:
-        return True
+    def freed_at_once(self, ended):
+        return ended[:0]
 
     def held_rows(self) -> np.ndarray:
         dead = ~self.node_live

@@ -1,12 +1,16 @@
 """ivfpq: inverted lists of 4-bit product-quantised codes (FAISS IndexIVFPQFastScan) over unit vectors, the
 candidates re-ranked with the exact vectors from the vector file.
 
-Until trained it answers exactly from the vector file. Training happens in the background on a sample (the
-collection runs it: `train` and `encode_all` take no lock), then the trained lists are swapped in. New
-vectors are encoded into a private delta index outside the exclusive lock and merged into the lists under
-it (O(batch)). Codes of ended rows stay in their lists, filtered out by a bitmap, until compaction removes
-them; their rows are held until then.
+Until trained it answers exactly from the vector file. Training runs in the background on a sample (no lock
+held); the trained lists are installed empty at once, and from then on a search asks the lists for the rows
+they hold and scans the others exactly: the tail, rows written (or moved) and not encoded yet. The background
+encoder drains the tail a chunk at a time, outside every lock but a short append; a write encodes its own rows
+only while the tail is longer than TAIL_LIMIT, so that writes outrunning the encoder slow down to its pace
+instead of making every search scan more. Codes of ended rows stay in their lists, filtered out by a bitmap,
+until compaction removes them (their rows are held until then); an ended row never encoded is free at once.
 """
+
+from dataclasses import dataclass
 
 import faiss
 import numpy as np
@@ -19,6 +23,8 @@ PQ_TRAINING_POINTS = 9984  # 39 points for each of the 256 centroids FAISS's PQ 
 MAX_TRAINING_SAMPLE = 100_000
 PURGE_DEAD_FRACTION = 0.2
 EXACT_CHUNK = 65536
+TAIL_LIMIT = 65536  # rows searched exactly at most (about 200 MB read per query at 768-d), writes permitting
+ASSIGN_CHUNK = 4096  # vectors per coarse-assignment product: 16 MB of scores at 1024 lists
 
 
 def code_parts(dimension: int, wanted: int) -> int:
@@ -30,33 +36,60 @@ def training_size(params) -> int:
     return max(39 * params.ivf_nlist, PQ_TRAINING_POINTS)
 
 
-def append_lists(lists: faiss.IndexIVFPQFastScan, delta: faiss.IndexIVFPQFastScan) -> None:
-    """Appends every inverted list of `delta` to `lists` (one training), what lists.merge_from(delta, 0) does.
+@dataclass
+class Encoded:
+    """Codes of some rows, ordered by inverted list."""
+    list_nos: np.ndarray
+    rows: np.ndarray
+    codes: np.ndarray  # (n, code_size) uint8, FAISS's flat (unpacked) PQ codes
 
-    Not merge_from: FAISS's BlockInvertedLists.add_entries, which it uses, copies a whole list's blocks past
-    the end of the destination when that list already holds a multiple of block_size entries (heap corruption:
-    it crashed the index at about 1.3M vectors). Those lists are appended entry by entry with the code packer;
-    for the others add_entries is right."""
+    def subset(self, keep: np.ndarray) -> "Encoded":
+        return Encoded(self.list_nos[keep], self.rows[keep], self.codes[keep])
+
+
+def encode(lists: faiss.IndexIVFPQFastScan, centroids: np.ndarray, unit: np.ndarray, rows: np.ndarray) -> Encoded:
+    """Codes for unit vectors: the nearest centroid by one matrix product per chunk (numpy's BLAS: 3-4x faster
+    here than the quantizer's own search, which was most of add_with_ids's time), then FAISS's PQ codes of
+    the residuals. Reads the lists only: safe beside searches and other encoders."""
+    unit = np.ascontiguousarray(unit, dtype=np.float32)
+    list_nos = np.empty(len(unit), dtype=np.int64)
+    for start in range(0, len(unit), ASSIGN_CHUNK):
+        list_nos[start:start + ASSIGN_CHUNK] = np.argmax(unit[start:start + ASSIGN_CHUNK] @ centroids.T, axis=1)
+    codes = np.empty((len(unit), lists.code_size), dtype=np.uint8)
+    if len(unit):
+        lists.encode_vectors(len(unit), faiss.swig_ptr(unit), faiss.swig_ptr(list_nos), faiss.swig_ptr(codes), False)
+    order = np.argsort(list_nos, kind="stable")
+    return Encoded(list_nos[order], np.asarray(rows, dtype=np.int64)[order], codes[order])
+
+
+def append_encoded(lists: faiss.IndexIVFPQFastScan, encoded: Encoded) -> None:
+    """Appends codes to their inverted lists, packing FAISS's blocks of 32 codes here (under the exclusive
+    lock: O(batch)). Not FAISS's merge_from or add_entries: when a list already holds a multiple of
+    block_size entries they copy a whole list's blocks past the end of the destination (heap corruption: it
+    crashed the index at about 1.3M vectors)."""
     target = faiss.downcast_InvertedLists(lists.invlists)
-    source = faiss.downcast_InvertedLists(delta.invlists)
-    packer = target.packer
-    code = np.empty(packer.code_size, dtype=np.uint8)
-    for list_no in range(source.nlist):
-        count = source.list_size(list_no)
-        if not count:
-            continue
+    packer, block_bytes = target.packer, target.block_size
+    per_block, code_size = packer.nvec, packer.code_size
+    starts = np.flatnonzero(np.diff(encoded.list_nos, prepend=-1))
+    for start, end in zip(starts, np.append(starts[1:], len(encoded.list_nos))):
+        list_no, count = int(encoded.list_nos[start]), int(end - start)
         held = target.list_size(list_no)
-        if held == 0 or held % target.block_size:
-            target.add_entries(list_no, count, source.get_ids(list_no), source.get_codes(list_no))
-            continue
+        first_block, partial = divmod(held, per_block)
+        codes = encoded.codes[start:end]
+        if partial:  # the last block is repacked with the codes it already holds
+            existing = np.empty((per_block, code_size), dtype=np.uint8)
+            old_blocks = faiss.rev_swig_ptr(target.get_codes(list_no), (first_block + 1) * block_bytes)
+            packer.unpack_all(faiss.swig_ptr(old_blocks[first_block * block_bytes:]), faiss.swig_ptr(existing))
+            codes = np.concatenate([existing[:partial], codes])
         target.resize(list_no, held + count)
-        faiss.rev_swig_ptr(target.get_ids(list_no), held + count)[held:] = \
-            faiss.rev_swig_ptr(source.get_ids(list_no), count)
-        packed_in, packed_out = source.get_codes(list_no), target.get_codes(list_no)
-        for entry in range(count):
-            packer.unpack_1_c(packed_in, entry, faiss.swig_ptr(code))
-            packer.pack_1_c(faiss.swig_ptr(code), held + entry, packed_out)
-    lists.ntotal += delta.ntotal
+        faiss.rev_swig_ptr(target.get_ids(list_no), held + count)[held:] = encoded.rows[start:end]
+        blocks = -(-len(codes) // per_block)
+        padded = np.zeros((blocks * per_block, code_size), dtype=np.uint8)
+        padded[:len(codes)] = codes
+        out = faiss.rev_swig_ptr(target.get_codes(list_no), (first_block + blocks) * block_bytes)
+        for b in range(blocks):
+            packer.pack_all(faiss.swig_ptr(padded[b * per_block:]), faiss.swig_ptr(out[(first_block + b) * block_bytes:]))
+    lists.ntotal += len(encoded.rows)
 
 
 class IvfPqStructure(Structure):
@@ -65,17 +98,23 @@ class IvfPqStructure(Structure):
 
     def __init__(self, dimension, params, vectors, lists=None):
         super().__init__(dimension, params, vectors)
-        self.lists = lists  # the trained IndexIVFPQFastScan, or None: exact search from the vector file
-        self.template = faiss.clone_index(lists) if lists is not None else None
-        if self.template is not None:
-            self.template.reset()
+        self.lists = None  # the trained IndexIVFPQFastScan, or None: exact search from the vector file
+        self.centroids = None
         self.live = np.zeros(0, dtype=bool)
         self.coded = np.zeros(0, dtype=bool)  # rows whose code is in the lists (live or not)
         self._live_bits = None
+        self._tail = None  # live rows not coded, cached between changes
+        self._ended_while_encoding: list[np.ndarray] | None = None
+        if lists is not None:
+            self._use(lists)
 
     @property
     def trained(self) -> bool:
         return self.lists is not None
+
+    def _use(self, lists: faiss.IndexIVFPQFastScan) -> None:
+        self.lists = lists
+        self.centroids = np.ascontiguousarray(lists.quantizer.reconstruct_n(0, lists.nlist))
 
     def _grow(self, max_row: int) -> None:
         if max_row >= len(self.live):
@@ -83,27 +122,31 @@ class IvfPqStructure(Structure):
             self.live = np.concatenate([self.live, np.zeros(size - len(self.live), dtype=bool)])
             self.coded = np.concatenate([self.coded, np.zeros(size - len(self.coded), dtype=bool)])
 
+    def _changed(self) -> None:
+        self._live_bits = None
+        self._tail = None
+
     # Writing.
 
     def stage(self, rows, unit, exclusive):
         if len(rows):
             self._grow(int(rows.max()))  # outside the exclusive lock
-        if not self.trained or not len(rows):
+        if not self.trained or not len(rows) or len(self.tail_rows()) + len(rows) <= TAIL_LIMIT:
             return rows, None
-        delta = faiss.clone_index(self.template)
-        delta.add_with_ids(np.ascontiguousarray(unit), rows)
-        return rows, delta
+        return rows, encode(self.lists, self.centroids, unit, rows)
 
     def publish(self, staged, ended):
-        rows, delta = staged
+        rows, encoded = staged
         ended = ended[ended < len(self.live)]
         self.live[ended] = False
+        if self._ended_while_encoding is not None and len(ended):
+            self._ended_while_encoding.append(ended.copy())
         if len(rows):
-            if delta is not None:
-                append_lists(self.lists, delta)
+            if encoded is not None:
+                append_encoded(self.lists, encoded)
                 self.coded[rows] = True
             self.live[rows] = True
-        self._live_bits = None
+        self._changed()
 
     def stage_relocation(self, new_rows, unit):
         return self.stage(new_rows, unit, None)
@@ -111,14 +154,15 @@ class IvfPqStructure(Structure):
     def relocate(self, old_rows, new_rows, staged=None):
         self.publish(staged, old_rows)
 
-    def keeps_ended(self) -> bool:
-        return self.trained
+    def freed_at_once(self, ended):
+        ended = ended[ended < len(self.coded)]
+        return ended[~self.coded[ended]]
 
     def held_rows(self):
         return np.flatnonzero(self.coded & ~self.live)
 
     def needs_purge(self, live: int) -> bool:
-        held = int((self.coded & ~self.live).sum()) if self.trained else 0
+        held = int(np.count_nonzero(self.coded & ~self.live)) if self.trained else 0
         return held > max(1024, PURGE_DEAD_FRACTION * max(live, 1))
 
     def purge(self, exclusive):
@@ -133,9 +177,9 @@ class IvfPqStructure(Structure):
     def shrink(self, end):
         self.live = self.live[:end].copy()
         self.coded = self.coded[:end].copy()
-        self._live_bits = None
+        self._changed()
 
-    # Training (the collection runs these outside every lock, then installs the result).
+    # Training and encoding (the collection's maintenance runs these, outside every lock unless noted).
 
     def train(self, sample: np.ndarray) -> faiss.IndexIVFPQFastScan:
         """Empty lists trained on unit vectors."""
@@ -149,15 +193,43 @@ class IvfPqStructure(Structure):
         lists.train(np.ascontiguousarray(sample))
         return lists
 
-    def install(self, lists: faiss.IndexIVFPQFastScan, coded_rows: np.ndarray) -> None:
-        """Under the exclusive lock: searches go to the trained lists from now on."""
-        self.lists = lists
-        self.template = faiss.clone_index(lists)
-        self.template.reset()
-        self._grow(int(coded_rows.max()) if len(coded_rows) else 0)
+    def install(self, lists: faiss.IndexIVFPQFastScan) -> None:
+        """Under the exclusive lock: searches use the (empty) trained lists from now on, every live row in the
+        tail until encoded."""
+        self._use(lists)
         self.coded[:] = False
-        self.coded[coded_rows] = True
-        self._live_bits = None
+        self._changed()
+
+    def tail_rows(self) -> np.ndarray:
+        """Live rows whose code is not in the lists (all of them until trained), searched exactly."""
+        tail = self._tail
+        if tail is None:
+            tail = self._tail = np.flatnonzero(self.live & ~self.coded)
+        return tail
+
+    def begin_encoding(self) -> np.ndarray:
+        """Under the exclusive lock: the rows to encode now; rows ended from here on are noted, so that codes
+        of rows reused meanwhile are never added."""
+        self._ended_while_encoding = []
+        return self.tail_rows().copy()
+
+    def encode(self, rows: np.ndarray, unit: np.ndarray) -> Encoded:
+        return encode(self.lists, self.centroids, unit, rows)
+
+    def add_encoded(self, encoded: Encoded) -> int:
+        """Under the exclusive lock: codes of rows still live and uncoded join the lists. Returns how many."""
+        ended = np.concatenate(self._ended_while_encoding) if self._ended_while_encoding else np.zeros(0, np.int64)
+        self._ended_while_encoding = None
+        rows = encoded.rows
+        keep = self.live[rows] & ~self.coded[rows] & ~np.isin(rows, ended)
+        encoded = encoded.subset(keep)
+        append_encoded(self.lists, encoded)
+        self.coded[encoded.rows] = True
+        self._changed()
+        return len(encoded.rows)
+
+    def end_encoding(self) -> None:
+        self._ended_while_encoding = None
 
     # Reading.
 
@@ -174,14 +246,21 @@ class IvfPqStructure(Structure):
         return bits
 
     def search(self, queries, k, allowed) -> Result:
-        if not self.trained:
-            rows = np.flatnonzero(self.live) if allowed is None else allowed[self.live[allowed[allowed < len(self.live)]]]
-            return exact_from_file(self.vectors, rows, queries, k)
-        bits = self._live_selector(allowed)
-        params = faiss.SearchParametersIVF(nprobe=min(self.params.ivf_nprobe, self.lists.nlist),
-                                           sel=faiss.IDSelectorBitmap(len(self.live), faiss.swig_ptr(bits)))
-        _, candidates = self.lists.search(queries, k * self.params.rerank_factor, params=params)
-        return rerank(self.vectors, queries, candidates, k)
+        tail = self.tail_rows()
+        if allowed is not None:
+            allowed = allowed[allowed < len(self.live)]
+            tail = allowed[self.live[allowed] & ~self.coded[allowed]]
+        best = exact_from_file(self.vectors, tail, queries, k)
+        if self.trained and self.lists.ntotal:
+            bits = self._live_selector(allowed)
+            params = faiss.SearchParametersIVF(nprobe=min(self.params.ivf_nprobe, self.lists.nlist),
+                                               sel=faiss.IDSelectorBitmap(len(self.live), faiss.swig_ptr(bits)))
+            _, candidates = self.lists.search(queries, k * self.params.rerank_factor, params=params)
+            best = merge(best, rerank(self.vectors, queries, candidates, k), k)
+        return best
+
+    def pending(self) -> int:
+        return len(self.tail_rows())
 
     def memory_bytes(self) -> int:
         if not self.trained:
