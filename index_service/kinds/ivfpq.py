@@ -25,6 +25,7 @@ PURGE_DEAD_FRACTION = 0.2
 EXACT_CHUNK = 65536
 TAIL_LIMIT = 65536  # rows searched exactly at most (about 200 MB read per query at 768-d), writes permitting
 ASSIGN_CHUNK = 4096  # vectors per coarse-assignment product: 16 MB of scores at 1024 lists
+KMEANS_ITERATIONS = 12
 
 
 def code_parts(dimension: int, wanted: int) -> int:
@@ -34,6 +35,33 @@ def code_parts(dimension: int, wanted: int) -> int:
 
 def training_size(params) -> int:
     return max(39 * params.ivf_nlist, PQ_TRAINING_POINTS)
+
+
+def nearest_lists(unit: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """The list (highest inner product) of each unit vector, by one matrix product per chunk: numpy's BLAS
+    is 3-4x faster here than FAISS's flat search, which its own k-means and add_with_ids spend most time in."""
+    out = np.empty(len(unit), dtype=np.int64)
+    for start in range(0, len(unit), ASSIGN_CHUNK):
+        out[start:start + ASSIGN_CHUNK] = np.argmax(unit[start:start + ASSIGN_CHUNK] @ centroids.T, axis=1)
+    return out
+
+
+def spherical_kmeans(sample: np.ndarray, k: int, iterations: int = KMEANS_ITERATIONS, seed: int = 0) -> np.ndarray:
+    """k unit centroids of unit vectors (what FAISS's spherical k-means for inner-product lists computes),
+    started from a random sample; a cluster left empty restarts at a random point."""
+    rng = np.random.default_rng(seed)
+    centroids = sample[rng.choice(len(sample), k, replace=False)].copy()
+    for _ in range(iterations):
+        assigned = nearest_lists(sample, centroids)
+        order = np.argsort(assigned, kind="stable")
+        counts = np.bincount(assigned, minlength=k)
+        filled = np.flatnonzero(counts)
+        starts = np.concatenate([[0], np.cumsum(counts[filled])[:-1]])
+        centroids[filled] = np.add.reduceat(sample[order], starts, axis=0)
+        empty = np.flatnonzero(counts == 0)
+        centroids[empty] = sample[rng.choice(len(sample), len(empty), replace=False)]
+        centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-30)
+    return centroids
 
 
 @dataclass
@@ -48,13 +76,10 @@ class Encoded:
 
 
 def encode(lists: faiss.IndexIVFPQFastScan, centroids: np.ndarray, unit: np.ndarray, rows: np.ndarray) -> Encoded:
-    """Codes for unit vectors: the nearest centroid by one matrix product per chunk (numpy's BLAS: 3-4x faster
-    here than the quantizer's own search, which was most of add_with_ids's time), then FAISS's PQ codes of
-    the residuals. Reads the lists only: safe beside searches and other encoders."""
+    """Codes for unit vectors: the nearest list, then FAISS's PQ codes of the residuals. Reads the lists only:
+    safe beside searches and other encoders."""
     unit = np.ascontiguousarray(unit, dtype=np.float32)
-    list_nos = np.empty(len(unit), dtype=np.int64)
-    for start in range(0, len(unit), ASSIGN_CHUNK):
-        list_nos[start:start + ASSIGN_CHUNK] = np.argmax(unit[start:start + ASSIGN_CHUNK] @ centroids.T, axis=1)
+    list_nos = nearest_lists(unit, centroids)
     codes = np.empty((len(unit), lists.code_size), dtype=np.uint8)
     if len(unit):
         lists.encode_vectors(len(unit), faiss.swig_ptr(unit), faiss.swig_ptr(list_nos), faiss.swig_ptr(codes), False)
@@ -189,8 +214,9 @@ class IvfPqStructure(Structure):
                                          PQ_BITS, faiss.METRIC_INNER_PRODUCT)
         lists.own_fields = True  # the lists delete their quantizer; Python must not as well
         quantizer.this.disown()
-        lists.cp.max_points_per_centroid = max(64, MAX_TRAINING_SAMPLE // max(nlist, 1))
-        lists.train(np.ascontiguousarray(sample))
+        sample = np.ascontiguousarray(sample, dtype=np.float32)
+        quantizer.add(spherical_kmeans(sample, nlist))  # FAISS then trains only the PQ, on the residuals
+        lists.train(sample)
         return lists
 
     def install(self, lists: faiss.IndexIVFPQFastScan) -> None:
