@@ -69,9 +69,11 @@ def search_matrix(queries: np.ndarray, matrix: np.ndarray, ids: np.ndarray, k: i
     return best
 
 
-def search_raw(queries: np.ndarray, raw: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k against raw (unnormalised) stored vectors: cosine = dot / norm."""
+def search_raw(queries: np.ndarray, raw: np.ndarray, ids: np.ndarray, k: int,
+               row_norms: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k against raw (unnormalised) stored vectors: cosine = dot / norm (given, or computed)."""
     if not len(raw):
         return empty_result(len(queries), k)
-    scores = (queries @ raw.T) / norms(raw).astype(np.float32)
+    row_norms = norms(raw) if row_norms is None else row_norms
+    scores = (queries @ raw.T) / row_norms.astype(np.float32)
     return top_k(scores, ids, k)

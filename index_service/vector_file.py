@@ -88,11 +88,11 @@ class VectorFile:
     # Writing.
 
     def reserve(self, rows: int) -> None:
-        """Allocates room for `rows` rows now (growing by an eighth at a time, so the file stays within
-        1.15x of what it holds). Raises OSError(ENOSPC) when the disk cannot hold them."""
+        """Allocates room for `rows` rows now (growing by a 32nd at a time, so the file stays within 1.04x
+        of what it holds; fallocate is cheap). Raises OSError(ENOSPC) when the disk cannot hold them."""
         if rows <= self.capacity:
             return
-        capacity = max(rows, self.capacity + max(self.capacity // 8, 1024))
+        capacity = max(rows, self.capacity + max(self.capacity // 32, 1024))
         try:
             os.posix_fallocate(self._fd, 0, HEADER_BYTES + capacity * self.row_bytes)
         except OSError as err:

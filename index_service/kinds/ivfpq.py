@@ -326,6 +326,11 @@ def rerank(vectors, queries: np.ndarray, candidates: np.ndarray, k: int) -> Resu
     for i, rows in enumerate(candidates):
         rows = np.unique(rows[rows >= 0])
         if len(rows):
-            scores, best = search_raw(queries[i:i + 1], vectors.read(rows), rows, k)
+            raw = vectors.read(rows)
+            # Norms in float32 (3x cheaper than the float64 ones exact search uses, a sixth of a re-rank's
+            # time): these only order an approximate kind's candidates, all of them vectors whose norm passed
+            # the [MIN_NORM, MAX_NORM] check, where float32 squares neither overflow nor vanish.
+            row_norms = np.sqrt(np.einsum("ij,ij->i", raw, raw))
+            scores, best = search_raw(queries[i:i + 1], raw, rows, k, row_norms)
             scores_out[i], rows_out[i] = scores[0], best[0]
     return scores_out, rows_out
