@@ -42,7 +42,7 @@ class IndexStats:
     vector_bytes: int = 0
     catalog_bytes: int = 0
     snapshot_bytes: int = 0
-    pending: int = 0  # ivfpq: items searched exactly until their codes are in the lists
+    pending: int = 0  # ivfpq, hnsw: items searched exactly until the structure takes them in
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ from index_service.errors import (Cancelled, DeadlineExceeded, DimensionMismatch
                                   InvalidArgument, ModelMismatch, NotReady, StorageFull)
 from index_service.id_table import IdTable, id_hashes
 from index_service.kinds import STRUCTURES, Structure
-from index_service.exact import empty_result, merge, search_matrix, unit_rows
-from index_service.kinds.ivfpq import exact_from_file
+from index_service.kinds.base import TAIL_LIMIT
+from index_service.exact import empty_result, exact_from_file, merge, search_matrix, unit_rows
 from index_service.loading import check_catalog_complete, load_memory
 from index_service.locks import ReadWriteLock
 from index_service.rows import RowAllocator
@@ -41,6 +41,7 @@ EXACT_GATHER_ROWS = 65536
 CATALOG_FILE = "catalog.sqlite3"
 VECTOR_FILE = "vectors.f32"
 SNAPSHOTS = "snapshots"
+SMALL_WRITE = 1024  # items: a write this small never waits for the background tail (see has_room_for)
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,14 @@ class Collection:
                                     f"{self.dimension}")
 
     # Writing: the writer thread.
+
+    def has_room_for(self, items: int) -> bool:
+        """False while a write of this size should wait: large writes wait while more than TAIL_LIMIT rows
+        wait for the background tail work (ivfpq encoding, hnsw insertion), so that a bulk load goes at its
+        pace while small writes and searches go on; the wait ends when the tail is back under the limit."""
+        structure = self.structure
+        return (items <= SMALL_WRITE or structure is None or not structure.drains_tail()
+                or structure.pending() <= TAIL_LIMIT)
 
     def submit(self, op: WriteOp):
         if self.writer is None or self.closed:
@@ -316,6 +325,7 @@ class Collection:
             [(np.zeros(0, np.int64), None)]
         grown = self.ids.grown_for(plan.new_count)
         with self.lock.exclusive():
+            freed = self.structure.freed_at_once(ended)
             self.structure.publish(staged[0], ended)
             for more in staged[1:]:
                 self.structure.publish(more, np.zeros(0, np.int64))
@@ -327,7 +337,6 @@ class Collection:
             if len(high):
                 self.ids.remove(high, low)
             self.damaged -= set(ended.tolist())
-            freed = self.structure.freed_at_once(ended)
             self.generation += 1
             self._live_rows = None
         self.rows.give_back(freed)

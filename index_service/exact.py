@@ -77,3 +77,11 @@ def search_raw(queries: np.ndarray, raw: np.ndarray, ids: np.ndarray, k: int,
     row_norms = norms(raw) if row_norms is None else row_norms
     scores = (queries @ raw.T) / row_norms.astype(np.float32)
     return top_k(scores, ids, k)
+
+
+def exact_from_file(vectors, rows: np.ndarray, queries: np.ndarray, k: int, chunk_rows: int = 65536):
+    """Exact top-k over raw rows of the vector file, read in sequential chunks."""
+    best = empty_result(len(queries), k)
+    for part, raw in vectors.scan(np.asarray(rows, dtype=np.int64), chunk_rows):
+        best = merge(best, search_raw(queries, raw, part, k), k)
+    return best

@@ -17,8 +17,7 @@ from index_service.vector_file import crc32_rows
 log = logging.getLogger(__name__)
 COMPACT_MIN_ROWS = 1024
 RELOCATE_BATCH = 16384
-ENCODE_CHUNK = 16384
-ENCODE_ROUNDS = 8  # chunks encoded per maintenance step, between chances for snapshots and compaction
+TAIL_STEP_S = 5.0  # tail work per maintenance step, between chances for snapshots and compaction
 TRAIN_RETRY_S = 300.0
 
 
@@ -55,8 +54,8 @@ class Maintenance:
             self.scrub()
         if self.needs_training():
             self.train()
-        if self.needs_encoding():
-            self.more_to_do = self.encode_tail()
+        if self.needs_draining():
+            self.more_to_do = self.drain_tail()
         if self.needs_compaction():
             self.compact()
         if c.changes_since_snapshot and c.changes_since_snapshot >= max(c.snapshot_every, c.count // 4):
@@ -68,7 +67,7 @@ class Maintenance:
 
     def idle(self) -> bool:
         """Nothing due: no compaction or training pending (for tests and operators)."""
-        return not (self.busy or self.needs_compaction() or self.needs_training() or self.needs_encoding())
+        return not (self.busy or self.needs_compaction() or self.needs_training() or self.needs_draining())
 
     # Checksums.
 
@@ -117,7 +116,6 @@ class Maintenance:
             return
         with c.lock.exclusive():
             structure.install(lists)
-            c.generation += 1
         log.info("collection %r: ivfpq trained on %d vectors in %.1f s; %d rows wait for their codes",
                  c.name, len(sample_rows), time.monotonic() - started, structure.pending())
 
@@ -125,33 +123,31 @@ class Maintenance:
         return np.concatenate([unit_rows(raw) for _, raw in self.collection.vectors.scan(rows)]) if len(rows) \
             else np.zeros((0, self.collection.dimension), np.float32)
 
-    # ivfpq encoding.
+    # The tail (ivfpq codes, hnsw graph insertion).
 
-    def needs_encoding(self) -> bool:
-        c = self.collection
-        return c.kind == "ivfpq" and c.structure is not None and c.structure.trained and c.structure.pending() > 0
+    def needs_draining(self) -> bool:
+        structure = self.collection.structure
+        return structure is not None and structure.drains_tail() and structure.pending() > 0
 
-    def encode_tail(self) -> bool:
-        """Encodes up to ENCODE_ROUNDS chunks of the exact tail into the lists; True if some is left."""
+    def drain_tail(self) -> bool:
+        """Takes tail rows into the structure, tail_chunk at a time, for about TAIL_STEP_S; True if some is
+        left (the next step then starts at once, after the snapshot policy had its turn)."""
         c = self.collection
         structure = c.structure
+        started = time.monotonic()
         with self.compacting:  # rows must not move meanwhile
-            for _ in range(ENCODE_ROUNDS):
+            while time.monotonic() - started < TAIL_STEP_S:
                 if self.stopping.is_set() or c.closed:
                     return False
                 with c.lock.exclusive():
-                    rows = structure.begin_encoding()[:ENCODE_CHUNK]
+                    rows = structure.begin_tail(structure.tail_chunk)
                 try:
-                    encoded = structure.encode(rows, self._unit(rows))
-                    with c.lock.exclusive():
-                        added = structure.add_encoded(encoded)
-                        c.generation += 1
+                    added = structure.absorb_tail(structure.prepare_tail(rows, self._unit(rows)), c.lock.exclusive)
                 finally:
-                    structure.end_encoding()
+                    structure.end_tail()
                 c.changes_since_snapshot += added
                 if not structure.pending():
-                    if added:
-                        log.info("collection %r: every live row is in the ivfpq lists", c.name)
+                    log.info("collection %r: the %s structure holds every live row", c.name, c.kind)
                     return False
             return True
 
@@ -231,8 +227,8 @@ class Maintenance:
         try:
             staged = c.structure.stage_relocation(new, unit_rows(raw))
             with c.lock.exclusive():
-                c.structure.relocate(old, new, staged)
                 freed = c.structure.freed_at_once(old)
+                c.structure.relocate(old, new, staged)
                 c.ids.put(high, low, new)
                 c.generation += 1
                 c._live_rows = None

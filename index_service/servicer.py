@@ -28,6 +28,7 @@ def deadline_of(context) -> float | None:
 # A call whose deadline is this close when its last message arrives cannot be committed and answered in
 # time (and a client whose deadline passed may already be gone while the server still counts a few ms).
 COMMIT_MARGIN_S = 0.05
+ROOM_POLL_S = 0.05
 
 
 async def still_open(context, cut: bool) -> None:
@@ -122,9 +123,12 @@ class IndexServicer(index_pb2_grpc.IndexServicer):
 
         def prepare():
             op.items = call.items()
-            return self._collection(call.collection).submit(op)
+            return self._collection(call.collection)
 
-        future = await self._run(context, prepare, pool=self.checking)
+        collection = await self._run(context, prepare, pool=self.checking)
+        while not collection.has_room_for(len(op.items)) and not op.expired():
+            await asyncio.sleep(ROOM_POLL_S)  # a bulk load goes at the pace of the background tail work
+        future = await self._run(context, collection.submit, op, pool=self.checking)
         try:
             result = await asyncio.wrap_future(future)
         except asyncio.CancelledError:

@@ -318,7 +318,9 @@ def test_sigterm_while_loading_exits_cleanly_and_says_so(tmp_path):
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         health = health_pb2_grpc.HealthStub(channel)
+        deadline = time.monotonic() + 60
         while True:  # bound and answering, but not serving yet: it is loading
+            assert time.monotonic() < deadline, "never saw the index loading"
             try:
                 if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
                         health_pb2.HealthCheckResponse.NOT_SERVING:

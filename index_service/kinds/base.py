@@ -15,6 +15,10 @@ from index_service.config import KindParams
 from index_service.vector_file import VectorFile
 
 Exclusive = Callable[[], AbstractContextManager]
+# Rows a kind with a background tail (ivfpq codes, hnsw graph insertion) lets wait, searched exactly, before
+# large writes are held back (about 200 MB read per query at 768-d); past twice as many, a write takes its
+# own rows in itself.
+TAIL_LIMIT = 65536
 Result = tuple[np.ndarray, np.ndarray]  # (scores, rows) of shape (queries, k), best first, -1 rows past the end
 
 
@@ -49,8 +53,8 @@ class Structure:
         raise NotImplementedError
 
     def freed_at_once(self, ended: np.ndarray) -> np.ndarray:
-        """Of the rows a write just ended (under the exclusive lock), those free at once; the others stay
-        held (see held_rows)."""
+        """Under the exclusive lock, right before `publish` or `relocate` ends them: of these rows, those free
+        at once; the others stay held (see held_rows)."""
         return ended
 
     def held_rows(self) -> np.ndarray:
@@ -78,9 +82,34 @@ class Structure:
         """The unit vectors of live rows if the structure keeps them in memory; None to read the vector file."""
         return None
 
+    # The tail: live rows the approximate structure does not hold yet, searched exactly meanwhile. Kinds
+    # that have one take them in in the background (the collection's maintenance runs these).
+
+    tail_chunk: ClassVar[int] = 16384  # rows the background takes in per step of work
+
     def pending(self) -> int:
         """Live rows searched exactly because the approximate structure does not hold them yet."""
         return 0
+
+    def drains_tail(self) -> bool:
+        """True when background work can take the tail in now."""
+        return False
+
+    def begin_tail(self, limit: int) -> np.ndarray:
+        """Under the exclusive lock: up to `limit` of the tail's rows to take in next."""
+        raise NotImplementedError
+
+    def prepare_tail(self, rows: np.ndarray, unit: np.ndarray):
+        """No lock: the slow part of taking rows in that needs no change to the structure (encoding)."""
+        raise NotImplementedError
+
+    def absorb_tail(self, prepared, exclusive: Exclusive) -> int:
+        """Takes prepared rows in, holding `exclusive()` for short pieces; rows ended meanwhile never come back
+        as live. Returns how many rows left the tail."""
+        raise NotImplementedError
+
+    def end_tail(self) -> None:
+        """Always called after begin_tail, also when absorbing failed."""
 
     def memory_bytes(self) -> int:
         return 0
@@ -98,7 +127,7 @@ class Structure:
 
     def rebuild(self, rows: np.ndarray, unit: np.ndarray) -> None:
         """Adds live rows in bulk while nothing searches yet (loading)."""
-        staged = self.stage(rows, unit, _no_lock)
+        staged = self.stage(rows, unit, no_lock)
         self.publish(staged, np.zeros(0, dtype=np.int64))
 
 
@@ -107,7 +136,7 @@ class _NoLock(AbstractContextManager):
         return False
 
 
-def _no_lock() -> AbstractContextManager:
+def no_lock() -> AbstractContextManager:
     return _NoLock()
 
 

@@ -4,9 +4,9 @@ candidates re-ranked with the exact vectors from the vector file.
 Until trained it answers exactly from the vector file. Training runs in the background on a sample (no lock
 held); the trained lists are installed empty at once, and from then on a search asks the lists for the rows
 they hold and scans the others exactly: the tail, rows written (or moved) and not encoded yet. The background
-encoder drains the tail a chunk at a time, outside every lock but a short append; a write encodes its own rows
-only while the tail is longer than TAIL_LIMIT, so that writes outrunning the encoder slow down to its pace
-instead of making every search scan more. Codes of ended rows stay in their lists, filtered out by a bitmap,
+encoder drains the tail a chunk at a time, outside every lock but a short append; past TAIL_LIMIT large
+writes wait for it (past twice that, a write that still arrives encodes its own rows), so that writes outrunning the
+encoder slow down to its pace instead of making every search scan more. Codes of ended rows stay in their lists, filtered out by a bitmap,
 until compaction removes them (their rows are held until then); an ended row never encoded is free at once.
 """
 
@@ -15,15 +15,13 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from index_service.kinds.base import Result, Structure, bitmap
-from index_service.exact import empty_result, merge, search_raw
+from index_service.kinds.base import TAIL_LIMIT, Result, Structure, bitmap, no_lock
+from index_service.exact import empty_result, exact_from_file, merge, search_raw
 
 PQ_BITS = 4
 PQ_TRAINING_POINTS = 9984  # 39 points for each of the 256 centroids FAISS's PQ k-means wants at most
 MAX_TRAINING_SAMPLE = 100_000
 PURGE_DEAD_FRACTION = 0.2
-EXACT_CHUNK = 65536
-TAIL_LIMIT = 65536  # rows searched exactly at most (about 200 MB read per query at 768-d), writes permitting
 ASSIGN_CHUNK = 4096  # vectors per coarse-assignment product: 16 MB of scores at 1024 lists
 KMEANS_ITERATIONS = 12
 
@@ -155,8 +153,9 @@ class IvfPqStructure(Structure):
 
     def stage(self, rows, unit, exclusive):
         if len(rows):
-            self._grow(int(rows.max()))  # outside the exclusive lock
-        if not self.trained or not len(rows) or len(self.tail_rows()) + len(rows) <= TAIL_LIMIT:
+            with exclusive():  # the background encoder changes these arrays too
+                self._grow(int(rows.max()))
+        if not self.trained or not len(rows) or len(self.tail_rows()) + len(rows) <= 2 * TAIL_LIMIT:
             return rows, None
         return rows, encode(self.lists, self.centroids, unit, rows)
 
@@ -174,7 +173,7 @@ class IvfPqStructure(Structure):
         self._changed()
 
     def stage_relocation(self, new_rows, unit):
-        return self.stage(new_rows, unit, None)
+        return self.stage(new_rows, unit, no_lock)  # the caller holds the write mutex
 
     def relocate(self, old_rows, new_rows, staged=None):
         self.publish(staged, old_rows)
@@ -233,28 +232,31 @@ class IvfPqStructure(Structure):
             tail = self._tail = np.flatnonzero(self.live & ~self.coded)
         return tail
 
-    def begin_encoding(self) -> np.ndarray:
-        """Under the exclusive lock: the rows to encode now; rows ended from here on are noted, so that codes
-        of rows reused meanwhile are never added."""
-        self._ended_while_encoding = []
-        return self.tail_rows().copy()
+    def drains_tail(self) -> bool:
+        return self.trained
 
-    def encode(self, rows: np.ndarray, unit: np.ndarray) -> Encoded:
+    def begin_tail(self, limit: int) -> np.ndarray:
+        """From here on, rows that end are noted, so that codes of rows reused meanwhile are never added."""
+        self._ended_while_encoding = []
+        return self.tail_rows()[:limit].copy()
+
+    def prepare_tail(self, rows: np.ndarray, unit: np.ndarray) -> Encoded:
         return encode(self.lists, self.centroids, unit, rows)
 
-    def add_encoded(self, encoded: Encoded) -> int:
-        """Under the exclusive lock: codes of rows still live and uncoded join the lists. Returns how many."""
-        ended = np.concatenate(self._ended_while_encoding) if self._ended_while_encoding else np.zeros(0, np.int64)
-        self._ended_while_encoding = None
-        rows = encoded.rows
-        keep = self.live[rows] & ~self.coded[rows] & ~np.isin(rows, ended)
-        encoded = encoded.subset(keep)
-        append_encoded(self.lists, encoded)
-        self.coded[encoded.rows] = True
-        self._changed()
+    def absorb_tail(self, encoded: Encoded, exclusive) -> int:
+        """Codes of rows still live and uncoded join the lists; a row ended meanwhile (and perhaps reused by a
+        newer vector) never gets the old code."""
+        with exclusive():
+            ended = np.concatenate(self._ended_while_encoding) if self._ended_while_encoding else np.zeros(0, np.int64)
+            rows = encoded.rows
+            keep = self.live[rows] & ~self.coded[rows] & ~np.isin(rows, ended)
+            encoded = encoded.subset(keep)
+            append_encoded(self.lists, encoded)
+            self.coded[encoded.rows] = True
+            self._changed()
         return len(encoded.rows)
 
-    def end_encoding(self) -> None:
+    def end_tail(self) -> None:
         self._ended_while_encoding = None
 
     # Reading.
@@ -310,14 +312,6 @@ class IvfPqStructure(Structure):
         structure.live = arrays["live"].astype(bool)
         structure.coded = arrays["coded"].astype(bool)
         return structure
-
-
-def exact_from_file(vectors, rows: np.ndarray, queries: np.ndarray, k: int) -> Result:
-    """Exact top-k over raw rows of the vector file, read in sequential chunks."""
-    best = empty_result(len(queries), k)
-    for part, raw in vectors.scan(np.asarray(rows, dtype=np.int64), EXACT_CHUNK):
-        best = merge(best, search_raw(queries, raw, part, k), k)
-    return best
 
 
 def rerank(vectors, queries: np.ndarray, candidates: np.ndarray, k: int) -> Result:
