@@ -140,12 +140,13 @@ def ingest(client: SimilarityClient, stream: ClusteredStream, chunk: int) -> flo
 
 
 def wait_for_background(client: SimilarityClient, kind: str, timeout_s: float) -> float:
-    """ivfpq: until trained and every row encoded (none left in the exact tail)."""
+    """Until the structure holds every row (ivfpq trained and every row encoded, hnsw every row inserted):
+    none left in the exact tail."""
     started = time.monotonic()
-    while kind == "ivfpq" and (not (stats := client.stats()).trained or stats.pending):
+    while kind in ("ivfpq", "hnsw") and (not (stats := client.stats()).trained and kind == "ivfpq" or stats.pending):
         if time.monotonic() - started > timeout_s:
-            print(f"    (ivfpq: trained {stats.trained}, {stats.pending} rows still searched exactly after "
-                  f"{timeout_s:.0f} s; the searches below include them)")
+            print(f"    ({kind}: {stats.pending} rows still searched exactly after {timeout_s:.0f} s; the searches "
+                  "below include them)")
             break
         time.sleep(1.0)
     return time.monotonic() - started
@@ -228,9 +229,10 @@ def run(size: int, kind: str, args, truth_cache: dict) -> None:
             say(f"{kind} {size} longest search stall during ingest", max(probe.search_s), "s")
             client.delete([f"probe-{i}" for i in range(probe.writes)])
             waited = wait_for_background(client, kind, args.train_timeout)
-            if kind == "ivfpq":
-                say(f"{kind} {size} largest exact tail during ingest (rows not yet encoded)", max(probe.pending))
-                say(f"{kind} {size} training and encoding finished after ingest", waited, "s")
+            if kind in ("ivfpq", "hnsw"):
+                say(f"{kind} {size} largest exact tail during ingest (rows not yet in the structure)",
+                    max(probe.pending))
+                say(f"{kind} {size} background work finished after ingest", waited, "s")
             stats = client.stats()
             memory = server.memory()
             say(f"{kind} {size} RSS per vector (whole process)", memory["VmRSS"] / size, "bytes")
