@@ -382,7 +382,22 @@ def test_a_small_write_never_waits_behind_a_bulk_load_that_outruns_the_backgroun
         loading = threading.Thread(target=lambda: [
             idx.upsert([f"b{i}" for i in range(start, start + per_call)], bulk[start:start + per_call])
             for start in range(12000 if kind == "ivfpq" else 0, 24000, per_call)])
+        failures, searched = [], [0]
+
+        def search_throughout():  # the tail changes under these searches all the time
+            searcher = Index(running.port)
+            try:
+                while loading.is_alive():
+                    for hits in searcher.search(bulk[searched[0] % 24000] + 0.01, 10):
+                        assert len({hit_id for hit_id, _ in hits}) == len(hits) <= 10  # no row twice
+                    searched[0] += 1
+            except Exception as err:  # noqa: BLE001 - reported below
+                failures.append(err)
+            finally:
+                searcher.close()
+        searching = threading.Thread(target=search_throughout)
         loading.start()
+        searching.start()
         tails, probes = [], 0
         while loading.is_alive():
             idx.upsert([f"p{probes}"], random_vector(256, probes))
@@ -390,6 +405,8 @@ def test_a_small_write_never_waits_behind_a_bulk_load_that_outruns_the_backgroun
             probes += 1
             time.sleep(0.02)
         loading.join()
+        searching.join()
+        assert not failures and searched[0] > 10, (failures, searched)
         assert max(tails) <= limit + per_call + probes  # bulk calls were held at the limit...
         assert sum(tail > limit for tail in tails) >= 1  # ...and one-item writes went through meanwhile
         wait_for(lambda: idx.stats().pending == 0)

@@ -47,7 +47,7 @@ class HnswStructure(Structure):
         self.row_node = np.zeros(0, dtype=np.int64)
         self.pending_rows = np.zeros(0, dtype=bool)  # live rows not in the graph yet: the tail
         self._live_bits = None
-        self._tail = None
+        self._tail = np.zeros(0, dtype=np.int64)  # see _changed
         self._inserting = np.zeros(0, dtype=np.int64)  # the background batch's rows, while one runs
         self._inserter = threading.Lock()
 
@@ -99,8 +99,10 @@ class HnswStructure(Structure):
         self._changed()
 
     def _changed(self) -> None:
+        """Under the exclusive lock (or while nothing else runs), after any change of `pending_rows`; the tail
+        is computed here, never lazily, for the readers without a lock (see ivfpq's _changed)."""
         self._live_bits = None
-        self._tail = None
+        self._tail = np.flatnonzero(self.pending_rows)
 
     def _end(self, rows: np.ndarray) -> None:
         rows = rows[rows < len(self.row_node)]
@@ -159,10 +161,8 @@ class HnswStructure(Structure):
     # The tail.
 
     def tail_rows(self) -> np.ndarray:
-        tail = self._tail
-        if tail is None:
-            tail = self._tail = np.flatnonzero(self.pending_rows)
-        return tail
+        """Live rows not in the graph yet, searched exactly; never changed in place."""
+        return self._tail
 
     def pending(self) -> int:
         return len(self.tail_rows())
@@ -275,4 +275,5 @@ class HnswStructure(Structure):
             structure._grow_rows(int(max(node_row[live_nodes].max(initial=-1), pending.max(initial=-1))))
             structure.row_node[node_row[live_nodes]] = live_nodes
             structure.pending_rows[pending] = True
+        structure._changed()
         return structure

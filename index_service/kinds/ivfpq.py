@@ -126,7 +126,7 @@ class IvfPqStructure(Structure):
         self.live = np.zeros(0, dtype=bool)
         self.coded = np.zeros(0, dtype=bool)  # rows whose code is in the lists (live or not)
         self._live_bits = None
-        self._tail = None  # live rows not coded, cached between changes
+        self._tail = np.zeros(0, dtype=np.int64)  # live rows not coded (see _changed)
         self._ended_while_encoding: list[np.ndarray] | None = None
         if lists is not None:
             self._use(lists)
@@ -146,8 +146,12 @@ class IvfPqStructure(Structure):
             self.coded = np.concatenate([self.coded, np.zeros(size - len(self.coded), dtype=bool)])
 
     def _changed(self) -> None:
+        """Under the exclusive lock (or while nothing else runs), after any change of `live` or `coded`. The
+        tail is computed here, never lazily: the writer, has_room_for and the maintenance read it without a
+        lock, and a cache they filled could be computed from arrays half-way through a change and outlive
+        it (searches would then miss new rows or see ended ones)."""
         self._live_bits = None
-        self._tail = None
+        self._tail = np.flatnonzero(self.live & ~self.coded)
 
     # Writing.
 
@@ -196,6 +200,7 @@ class IvfPqStructure(Structure):
         with exclusive():
             self.lists.remove_ids(faiss.IDSelectorBatch(held))
             self.coded[held] = False
+            self._changed()
         return held
 
     def shrink(self, end):
@@ -226,11 +231,9 @@ class IvfPqStructure(Structure):
         self._changed()
 
     def tail_rows(self) -> np.ndarray:
-        """Live rows whose code is not in the lists (all of them until trained), searched exactly."""
-        tail = self._tail
-        if tail is None:
-            tail = self._tail = np.flatnonzero(self.live & ~self.coded)
-        return tail
+        """Live rows whose code is not in the lists (all of them until trained), searched exactly. Never
+        changed in place: a reader without a lock keeps a consistent array."""
+        return self._tail
 
     def drains_tail(self) -> bool:
         return self.trained
@@ -311,6 +314,7 @@ class IvfPqStructure(Structure):
         structure = cls(dimension, params, vectors, lists)
         structure.live = arrays["live"].astype(bool)
         structure.coded = arrays["coded"].astype(bool)
+        structure._changed()
         return structure
 
 
