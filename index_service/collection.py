@@ -181,11 +181,11 @@ class Collection:
 
     def has_room_for(self, items: int) -> bool:
         """False while a write of this size should wait: large writes wait while more than TAIL_LIMIT rows
-        wait for the background tail work (ivfpq encoding, hnsw insertion), so that a bulk load goes at its
-        pace while small writes and searches go on; the wait ends when the tail is back under the limit."""
+        wait for the background tail work of a kind that asks for it (hnsw insertion), so that a bulk load
+        goes at its pace while small writes and searches go on; the wait ends when the tail is back under."""
         structure = self.structure
-        return (items <= SMALL_WRITE or structure is None or not structure.drains_tail()
-                or structure.pending() <= TAIL_LIMIT)
+        return (items <= SMALL_WRITE or structure is None or not structure.waits_for_tail
+                or not structure.drains_tail() or structure.pending() <= TAIL_LIMIT)
 
     def submit(self, op: WriteOp):
         if self.writer is None or self.closed:

@@ -273,7 +273,7 @@ def test_ivfpq_encoder_never_adds_the_code_of_a_row_ended_or_reused_meanwhile(tm
     ended_coded = np.arange(100, 110)
     structure.publish((np.zeros(0, np.int64), None), ended_coded)
     assert not len(structure.freed_at_once(ended_coded)) and np.array_equal(structure.held_rows(), ended_coded)
-    monkeypatch.setattr(ivfpq, "TAIL_LIMIT", 500)  # past twice that a write that still arrives encodes its rows
+    monkeypatch.setattr(ivfpq, "TAIL_LIMIT", 1000)  # past it a write encodes its own rows
     more = np.arange(3000, 3100)
     x = np.concatenate([x, unit(100)])
     write(more, x[more])
@@ -358,7 +358,7 @@ def test_hnsw_inserts_its_tail_in_the_background_and_never_reuses_a_row_under_th
     assert np.mean(found[:, 0] == live) > 0.9
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "ivfpq"])
+@pytest.mark.parametrize("kind", ["hnsw"])  # ivfpq's writes encode their own rows instead (under a second)
 def test_a_small_write_never_waits_behind_a_bulk_load_that_outruns_the_background(tmp_path, monkeypatch, kind):
     """Bulk writes past the tail limit wait (outside the writer) for the background insertion or encoding,
     so the tail stays near the limit; one-item writes go through meanwhile, while bulk writes are held. Before,

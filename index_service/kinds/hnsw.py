@@ -38,6 +38,7 @@ class HnswStructure(Structure):
     kind = "hnsw"
     approximate = True
     tail_chunk = 2048  # about 1.5 s of insertion at 768-d: stopping the maintenance never waits long
+    waits_for_tail = True
 
     def __init__(self, dimension, params, vectors, graph=None):
         super().__init__(dimension, params, vectors)

@@ -4,9 +4,9 @@ candidates re-ranked with the exact vectors from the vector file.
 Until trained it answers exactly from the vector file. Training runs in the background on a sample (no lock
 held); the trained lists are installed empty at once, and from then on a search asks the lists for the rows
 they hold and scans the others exactly: the tail, rows written (or moved) and not encoded yet. The background
-encoder drains the tail a chunk at a time, outside every lock but a short append; past TAIL_LIMIT large
-writes wait for it (past twice that, a write that still arrives encodes its own rows), so that writes outrunning the
-encoder slow down to its pace instead of making every search scan more. Codes of ended rows stay in their lists, filtered out by a bitmap,
+encoder drains the tail a chunk at a time, outside every lock but a short append; past TAIL_LIMIT a write
+encodes its own rows beside it, so that writes outrunning the encoder slow down to the pace of two encoders
+instead of making every search scan more. Codes of ended rows stay in their lists, filtered out by a bitmap,
 until compaction removes them (their rows are held until then); an ended row never encoded is free at once.
 """
 
@@ -159,7 +159,7 @@ class IvfPqStructure(Structure):
         if len(rows):
             with exclusive():  # the background encoder changes these arrays too
                 self._grow(int(rows.max()))
-        if not self.trained or not len(rows) or len(self.tail_rows()) + len(rows) <= 2 * TAIL_LIMIT:
+        if not self.trained or not len(rows) or len(self.tail_rows()) + len(rows) <= TAIL_LIMIT:
             return rows, None
         return rows, encode(self.lists, self.centroids, unit, rows)
 
