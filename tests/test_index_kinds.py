@@ -8,6 +8,7 @@ import pytest
 
 from conftest import start_index
 from index_service.config import KindParams
+from index_service.kinds.base import no_lock
 from indexing import Index, clustered, exact_top_k, ids_as_numbers
 
 # Small enough that ivfpq trains (max(39 x 16, 9984) vectors) and lsh has real buckets at this size.
@@ -243,19 +244,15 @@ def test_ivfpq_encoder_never_adds_the_code_of_a_row_ended_or_reused_meanwhile(tm
     ended (and reused by newer vectors) meanwhile must stay out of the lists, so that every coded row's code is
     its current vector's; rows ended while uncoded are free at once."""
     from index_service.kinds import ivfpq
-    from index_service.kinds.base import no_lock
     from index_service.vector_file import VectorFile
     dimension, rng = 16, np.random.default_rng(3)
 
     def unit(n):
-        x = rng.standard_normal((n, dimension)).astype(np.float32)
-        return x / np.linalg.norm(x, axis=1, keepdims=True)
+        return unit_vectors(rng, n, dimension)
     vectors = VectorFile(tmp_path / "vectors", dimension, create=True)
 
     def write(rows, x, ended=np.zeros(0, np.int64)):
-        vectors.reserve(int(rows.max()) + 1)
-        vectors.write(rows, x)
-        structure.publish(structure.stage(rows, x, no_lock), ended)
+        write_rows(structure, rows, x, ended)
     structure = ivfpq.IvfPqStructure(dimension, KindParams(ivf_nlist=4, ivf_nprobe=4, pq_m=8), vectors)
     x = unit(3000)
     write(np.arange(3000), x)
@@ -301,19 +298,15 @@ def test_hnsw_inserts_its_tail_in_the_background_and_never_reuses_a_row_under_th
     row of that batch that ends meanwhile stays held (a dead waypoint) so it cannot be reused while its old
     vector is being inserted; an ended tail row outside the batch is free at once."""
     from index_service.kinds import hnsw
-    from index_service.kinds.base import no_lock
     from index_service.vector_file import VectorFile
     dimension, rng = 16, np.random.default_rng(4)
 
     def unit(n):
-        x = rng.standard_normal((n, dimension)).astype(np.float32)
-        return x / np.linalg.norm(x, axis=1, keepdims=True)
+        return unit_vectors(rng, n, dimension)
     vectors = VectorFile(tmp_path / "vectors", dimension, create=True)
 
     def write(rows, x, ended=np.zeros(0, np.int64)):
-        vectors.reserve(int(rows.max()) + 1)
-        vectors.write(rows, x)
-        structure.publish(structure.stage(rows, x, no_lock), ended)
+        write_rows(structure, rows, x, ended)
     structure = hnsw.HnswStructure(dimension, KindParams(hnsw_m=8), vectors)
     x = unit(3000)
     write(np.arange(3000), x)
@@ -421,3 +414,15 @@ def test_a_small_write_never_waits_behind_a_bulk_load_that_outruns_the_backgroun
 
 def random_vector(dimension: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((1, dimension)).astype(np.float32)
+
+
+def unit_vectors(rng: np.random.Generator, n: int, dimension: int) -> np.ndarray:
+    x = rng.standard_normal((n, dimension)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def write_rows(structure, rows: np.ndarray, x: np.ndarray, ended: np.ndarray) -> None:
+    """What the collection does for a write: the vectors on disk, then staged and published."""
+    structure.vectors.reserve(int(rows.max()) + 1)
+    structure.vectors.write(rows, x)
+    structure.publish(structure.stage(rows, x, no_lock), ended)
