@@ -4,10 +4,12 @@ and encoding code (index_service.kinds.ivfpq) in this process. No RPC, no servic
 the parameters do; bench/index.py measures the service at its defaults.
 
     python bench/ivfpq_sweep.py                       # 1M x 768, about 5 minutes on 2 cores
+    python bench/ivfpq_sweep.py --size 5000000 --pq-m 384 --nprobe 16,32,64 --candidates 1000   # 16 GB of RAM
     python bench/ivfpq_sweep.py --size 20000 --dim 64 --pq-m 16,32 --nprobe 8 --candidates 100   # a smoke run
 """
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -26,6 +28,11 @@ from index_service.kinds.ivfpq import IvfPqStructure, append_encoded, encode, tr
 K = 10
 
 
+def exact_ten(scores: np.ndarray) -> np.ndarray:
+    best = np.argpartition(-scores, K)[:K]
+    return best[np.argsort(-scores[best])]
+
+
 def integers(text: str) -> list[int]:
     return [int(part) for part in text.split(",")]
 
@@ -37,36 +44,45 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--nlist", type=int, default=KindParams().ivf_nlist)
     parser.add_argument("--pq-m", type=integers, default=[128, 256, 384])
-    parser.add_argument("--nprobe", type=integers, default=[64, 256])
+    parser.add_argument("--nprobe", type=integers, default=[16, 32, 64, 256])
     parser.add_argument("--candidates", type=integers, default=[200, 1000])
     args = parser.parse_args()
 
+    faiss.omp_set_num_threads(1)  # the service's default (--faiss-threads 1)
     stream = ClusteredStream(args.size, args.dim, seed=args.size)  # the data and queries bench/index.py uses
-    data = np.concatenate([vectors for _, vectors in stream.chunks()])
-    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    data = np.empty((args.size, args.dim), dtype=np.float32)  # filled in place: 5M x 768 is 15 GB once
+    for first, vectors in stream.chunks(65536):
+        data[first:first + len(vectors)] = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     queries = stream.queries(args.queries)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    truth = np.argsort(-(queries @ data.T), axis=1)[:, :K]
+    truth = np.stack([exact_ten(data @ query) for query in queries])
     rows = np.arange(len(data), dtype=np.int64)
     for pq_m in args.pq_m:
         params = KindParams(ivf_nlist=args.nlist, pq_m=pq_m)
         structure = IvfPqStructure(args.dim, params, None)
         started = time.monotonic()
         # Trained as the service trains: on the first vectors written, once there are enough of them.
-        lists = structure.train(data[:training_size(params)])
+        trained = structure.train(data[:training_size(params)])
         trained_s = time.monotonic() - started
-        centroids = lists.quantizer.reconstruct_n(0, lists.nlist)
+        lists = trained.lists
         started = time.monotonic()
         for start in range(0, len(data), 65536):
             part = rows[start:start + 65536]
-            append_encoded(lists, encode(lists, centroids, data[part], part))
+            append_encoded(lists, encode(lists, trained.tree, data[part], part))
         encoded_s = time.monotonic() - started
         print(f"pq_m {pq_m} code bytes: {lists.code_size}", flush=True)
         print(f"pq_m {pq_m} trained in: {trained_s:.1f} s", flush=True)
         print(f"pq_m {pq_m} encoded: {len(data) / encoded_s:.0f} vectors/s", flush=True)
         for nprobe in args.nprobe:
             for candidates in args.candidates:
-                _, found = lists.search(queries, candidates, params=faiss.SearchParametersIVF(nprobe=nprobe))
+                search = faiss.SearchParametersIVF(nprobe=nprobe)
+                timings = []
+                for _ in range(3):  # single queries, as an application sends them; the median of 3 passes
+                    started = time.perf_counter()
+                    for query in queries:
+                        lists.search(query[None], candidates, params=search)
+                    timings.append((time.perf_counter() - started) / len(queries))
+                _, found = lists.search(queries, candidates, params=search)
                 hits = []
                 for query, pool, expected in zip(queries, found, truth):
                     pool = pool[pool >= 0]
@@ -74,6 +90,8 @@ def main() -> None:
                     hits.append(len(set(best.tolist()) & set(expected.tolist())) / K)
                 print(f"pq_m {pq_m} nprobe {nprobe} candidates {candidates} recall@10: {np.mean(hits):.3f}",
                       flush=True)
+                print(f"pq_m {pq_m} nprobe {nprobe} candidates {candidates} ms per single query (codes only, "
+                      f"one thread): {1000 * statistics.median(timings):.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,10 @@ class KindParams:
     hnsw_ef_construction: int = 80
     hnsw_ef_search: int = 128
     ivf_nlist: int = 1024
-    # ivfpq's defaults reach recall@10 0.95 on bench/data.py's 1M x 768 (pq_m 128: 0.77; nprobe matters only
-    # once the codes are fine; the sweep is in the README): 192-byte codes, 1000 candidates re-ranked.
-    ivf_nprobe: int = 256
+    # ivfpq: 192-byte codes (pq_m 128 stops near recall 0.85 on bench/data.py's vectors), 1000 candidates
+    # re-ranked, 64 of 1024 lists visited: recall is set by the codes and the candidates more than by nprobe
+    # (bench/ivfpq_sweep.py: 0.94 at 64 vs 0.96 at 256 at 1M, for a quarter of the time; 5M in the README).
+    ivf_nprobe: int = 64
     pq_m: int = 384
     rerank_factor: int = 100
     lsh_tables: int = 8
@@ -48,6 +49,10 @@ PARAM_RANGES: dict[str, tuple[int, int, str, str]] = {
     "lsh_bits": (1, 32, "lsh", "bits (random hyperplanes) per table"),
     "lsh_radius": (0, 4, "lsh", "bits a candidate's code may differ from the query's in a table"),
 }
+
+
+# What a search may set for itself (SearchRequest.params); the others shape what is built.
+SEARCH_PARAMS = ("hnsw_ef_search", "ivf_nprobe", "rerank_factor", "lsh_radius")
 
 
 class BadParams(ValueError):

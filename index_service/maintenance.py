@@ -108,14 +108,14 @@ class Maintenance:
         sample_rows = np.sort(np.random.default_rng(0).choice(live, min(len(live), MAX_TRAINING_SAMPLE),
                                                               replace=False))
         try:
-            lists = structure.train(self._unit(sample_rows))
+            trained = structure.train(self._unit(sample_rows))
         except RuntimeError as err:
             self.train_failed_at = time.monotonic()
             log.error("collection %r: ivfpq training failed (%s); searches stay exact, retrying in %.0f s",
                       c.name, err, TRAIN_RETRY_S)
             return
         with c.lock.exclusive():
-            structure.install(lists)
+            structure.install(trained)
         log.info("collection %r: ivfpq trained on %d vectors in %.1f s; %d rows wait for their codes",
                  c.name, len(sample_rows), time.monotonic() - started, structure.pending())
 

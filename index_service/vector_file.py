@@ -52,7 +52,7 @@ def contiguous_runs(rows: np.ndarray) -> list[tuple[int, int, int]]:
     breaks = np.flatnonzero(np.diff(rows) != 1) + 1
     starts = np.concatenate([[0], breaks])
     ends = np.concatenate([breaks, [len(rows)]])
-    return [(int(rows[s]), int(e - s), int(s)) for s, e in zip(starts, ends)]
+    return list(zip(rows[starts].tolist(), (ends - starts).tolist(), starts.tolist()))  # a re-rank's 1,000 runs
 
 
 class VectorFile:
@@ -146,11 +146,13 @@ class VectorFile:
 
     def _pread_into(self, view: memoryview, first: int, count: int) -> None:
         offset, done = HEADER_BYTES + first * self.row_bytes, 0
-        while done < len(view):
-            got = os.preadv(self._fd, [view[done:]], offset + done)
+        while True:  # one call nearly always reads it all (a re-rank makes 1,000 of them: no slicing then)
+            got = os.preadv(self._fd, [view[done:] if done else view], offset + done)
+            done += got
+            if done >= len(view):
+                return
             if got == 0:
                 raise VectorFileError(f"{self.path} ends before row {first + count}")
-            done += got
 
     def read_range(self, first: int, count: int) -> np.ndarray:
         """Consecutive rows with one pread (bulk loads: the page cache keeps them, the process does not)."""

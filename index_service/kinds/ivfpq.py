@@ -24,6 +24,7 @@ MAX_TRAINING_SAMPLE = 100_000
 PURGE_DEAD_FRACTION = 0.2
 ASSIGN_CHUNK = 4096  # vectors per coarse-assignment product: 16 MB of scores at 1024 lists
 KMEANS_ITERATIONS = 12
+ROOT_BEAM = 2  # roots whose leaves a vector is compared with
 
 
 def code_parts(dimension: int, wanted: int) -> int:
@@ -36,8 +37,8 @@ def training_size(params) -> int:
 
 
 def nearest_lists(unit: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """The list (highest inner product) of each unit vector, by one matrix product per chunk: numpy's BLAS
-    is 3-4x faster here than FAISS's flat search, which its own k-means and add_with_ids spend most time in."""
+    """The nearest centroid (highest inner product) of each unit vector, by one matrix product per chunk:
+    numpy's BLAS is 3-4x faster here than FAISS's flat search."""
     out = np.empty(len(unit), dtype=np.int64)
     for start in range(0, len(unit), ASSIGN_CHUNK):
         out[start:start + ASSIGN_CHUNK] = np.argmax(unit[start:start + ASSIGN_CHUNK] @ centroids.T, axis=1)
@@ -62,6 +63,85 @@ def spherical_kmeans(sample: np.ndarray, k: int, iterations: int = KMEANS_ITERAT
     return centroids
 
 
+def leaf_shares(members: np.ndarray, total: int) -> np.ndarray:
+    """How many of `total` leaves each root gets: in proportion to its sample members, at least one for a
+    root that has members, never more than its members (k-means needs a point per centroid)."""
+    total = min(total, int(members.sum()))
+    shares = np.where(members > 0, np.maximum(1, members * total // max(int(members.sum()), 1)), 0)
+    while shares.sum() < total:  # to the root whose leaves would hold the most members each
+        room = np.where(shares < members, members / np.maximum(shares, 1), -1.0)
+        shares[int(np.argmax(room))] += 1
+    while shares.sum() > total:  # from the root whose leaves hold the fewest (fewer leaves than roots: 0)
+        room = np.where(shares > (1 if np.any(shares > 1) else 0), members / np.maximum(shares, 1), np.inf)
+        shares[int(np.argmin(room))] -= 1
+    return shares
+
+
+class CoarseTree:
+    """Two levels of centroids: a few roots, and under each root its leaves, the inverted lists' centroids.
+    A vector goes to the best leaf under its ROOT_BEAM best roots: about 3 x sqrt(nlist) products per vector
+    instead of nlist (at 1024 lists, the flat assignment was most of the encoding's time and the encoding most
+    of an ivfpq write's). Searches still rank every leaf (FAISS's quantizer): a vector whose nearest leaf is
+    under a third root is found in its own leaf, a near one."""
+
+    def __init__(self, roots: np.ndarray, leaves: np.ndarray, leaf_root: np.ndarray):
+        self.roots = np.ascontiguousarray(roots, dtype=np.float32)
+        self.leaves = np.ascontiguousarray(leaves, dtype=np.float32)
+        self.leaf_root = np.asarray(leaf_root, dtype=np.int64)
+        self.children = [np.flatnonzero(self.leaf_root == r) for r in range(len(self.roots))]
+        self.child_centroids = [np.ascontiguousarray(self.leaves[c].T) for c in self.children]
+
+    @classmethod
+    def flat(cls, leaves: np.ndarray) -> "CoarseTree":
+        """One root over every leaf: the exact nearest leaf (lists trained before the tree existed)."""
+        return cls(np.zeros((1, leaves.shape[1]), np.float32), leaves, np.zeros(len(leaves), np.int64))
+
+    @classmethod
+    def train(cls, sample: np.ndarray, nlist: int, seed: int = 0) -> "CoarseTree":
+        roots = spherical_kmeans(sample, max(1, min(int(round(np.sqrt(nlist))), len(sample))), seed=seed)
+        parent = nearest_lists(sample, roots)
+        shares = leaf_shares(np.bincount(parent, minlength=len(roots)), nlist)
+        kept = np.flatnonzero(shares)
+        leaves = [spherical_kmeans(sample[parent == r], int(shares[r]), seed=seed + 1 + int(r)) for r in kept]
+        leaf_root = np.repeat(np.arange(len(kept)), shares[kept])
+        return cls(roots[kept], np.concatenate(leaves), leaf_root)
+
+    def assign(self, unit: np.ndarray) -> np.ndarray:
+        """The leaf (list number) of each unit vector."""
+        out = np.empty(len(unit), dtype=np.int64)
+        beam = min(ROOT_BEAM, len(self.roots))
+        for start in range(0, len(unit), ASSIGN_CHUNK):
+            part = unit[start:start + ASSIGN_CHUNK]
+            if len(self.roots) == 1:
+                out[start:start + len(part)] = np.argmax(part @ self.child_centroids[0], axis=1)
+                continue
+            root_scores = part @ self.roots.T
+            top = np.argpartition(-root_scores, beam - 1, axis=1)[:, :beam] if beam < len(self.roots) else \
+                np.broadcast_to(np.arange(beam), (len(part), beam))
+            best = np.full(len(part), -np.inf, dtype=np.float32)
+            chosen = out[start:start + len(part)]
+            for column in range(beam):
+                roots = top[:, column]
+                order = np.argsort(roots, kind="stable")
+                bounds = np.flatnonzero(np.diff(roots[order], prepend=-1, append=len(self.roots)))
+                for first, end in zip(bounds[:-1], bounds[1:]):
+                    members = order[first:end]
+                    root = int(roots[members[0]])
+                    scores = part[members] @ self.child_centroids[root]
+                    pick = np.argmax(scores, axis=1)
+                    score = scores[np.arange(len(members)), pick]
+                    better = score > best[members]
+                    best[members[better]] = score[better]
+                    chosen[members[better]] = self.children[root][pick[better]]
+        return out
+
+
+@dataclass
+class Trained:
+    lists: faiss.IndexIVFPQFastScan
+    tree: CoarseTree
+
+
 @dataclass
 class Encoded:
     """Codes of some rows, ordered by inverted list."""
@@ -73,11 +153,11 @@ class Encoded:
         return Encoded(self.list_nos[keep], self.rows[keep], self.codes[keep])
 
 
-def encode(lists: faiss.IndexIVFPQFastScan, centroids: np.ndarray, unit: np.ndarray, rows: np.ndarray) -> Encoded:
+def encode(lists: faiss.IndexIVFPQFastScan, tree: CoarseTree, unit: np.ndarray, rows: np.ndarray) -> Encoded:
     """Codes for unit vectors: the nearest list, then FAISS's PQ codes of the residuals. Reads the lists only:
     safe beside searches and other encoders."""
     unit = np.ascontiguousarray(unit, dtype=np.float32)
-    list_nos = nearest_lists(unit, centroids)
+    list_nos = tree.assign(unit)
     codes = np.empty((len(unit), lists.code_size), dtype=np.uint8)
     if len(unit):
         lists.encode_vectors(len(unit), faiss.swig_ptr(unit), faiss.swig_ptr(list_nos), faiss.swig_ptr(codes), False)
@@ -119,25 +199,25 @@ class IvfPqStructure(Structure):
     kind = "ivfpq"
     approximate = True
 
-    def __init__(self, dimension, params, vectors, lists=None):
+    def __init__(self, dimension, params, vectors, lists=None, tree=None):
         super().__init__(dimension, params, vectors)
         self.lists = None  # the trained IndexIVFPQFastScan, or None: exact search from the vector file
-        self.centroids = None
+        self.tree = None  # the lists' centroids, in two levels (see CoarseTree)
         self.live = np.zeros(0, dtype=bool)
         self.coded = np.zeros(0, dtype=bool)  # rows whose code is in the lists (live or not)
         self._live_bits = None
         self._tail = np.zeros(0, dtype=np.int64)  # live rows not coded (see _changed)
         self._ended_while_encoding: list[np.ndarray] | None = None
         if lists is not None:
-            self._use(lists)
+            self._use(lists, tree)
 
     @property
     def trained(self) -> bool:
         return self.lists is not None
 
-    def _use(self, lists: faiss.IndexIVFPQFastScan) -> None:
+    def _use(self, lists: faiss.IndexIVFPQFastScan, tree: CoarseTree | None = None) -> None:
         self.lists = lists
-        self.centroids = np.ascontiguousarray(lists.quantizer.reconstruct_n(0, lists.nlist))
+        self.tree = tree or CoarseTree.flat(lists.quantizer.reconstruct_n(0, lists.nlist))
 
     def _grow(self, max_row: int) -> None:
         if max_row >= len(self.live):
@@ -161,7 +241,7 @@ class IvfPqStructure(Structure):
                 self._grow(int(rows.max()))
         if not self.trained or not len(rows) or len(self.tail_rows()) + len(rows) <= TAIL_LIMIT:
             return rows, None
-        return rows, encode(self.lists, self.centroids, unit, rows)
+        return rows, encode(self.lists, self.tree, unit, rows)
 
     def publish(self, staged, ended):
         rows, encoded = staged
@@ -210,8 +290,8 @@ class IvfPqStructure(Structure):
 
     # Training and encoding (the collection's maintenance runs these, outside every lock unless noted).
 
-    def train(self, sample: np.ndarray) -> faiss.IndexIVFPQFastScan:
-        """Empty lists trained on unit vectors."""
+    def train(self, sample: np.ndarray) -> Trained:
+        """Empty lists and their coarse tree, trained on unit vectors."""
         nlist = min(self.params.ivf_nlist, len(sample))
         quantizer = faiss.IndexFlatIP(self.dimension)
         lists = faiss.IndexIVFPQFastScan(quantizer, self.dimension, nlist, code_parts(self.dimension, self.params.pq_m),
@@ -219,14 +299,15 @@ class IvfPqStructure(Structure):
         lists.own_fields = True  # the lists delete their quantizer; Python must not as well
         quantizer.this.disown()
         sample = np.ascontiguousarray(sample, dtype=np.float32)
-        quantizer.add(spherical_kmeans(sample, nlist))  # FAISS then trains only the PQ, on the residuals
+        tree = CoarseTree.train(sample, nlist)
+        quantizer.add(tree.leaves)  # FAISS then trains only the PQ, on the residuals
         lists.train(sample)
-        return lists
+        return Trained(lists, tree)
 
-    def install(self, lists: faiss.IndexIVFPQFastScan) -> None:
+    def install(self, trained: Trained) -> None:
         """Under the exclusive lock: searches use the (empty) trained lists from now on, every live row in the
         tail until encoded."""
-        self._use(lists)
+        self._use(trained.lists, trained.tree)
         self.coded[:] = False
         self._changed()
 
@@ -244,7 +325,7 @@ class IvfPqStructure(Structure):
         return self.tail_rows()[:limit].copy()
 
     def prepare_tail(self, rows: np.ndarray, unit: np.ndarray) -> Encoded:
-        return encode(self.lists, self.centroids, unit, rows)
+        return encode(self.lists, self.tree, unit, rows)
 
     def absorb_tail(self, encoded: Encoded, exclusive) -> int:
         """Codes of rows still live and uncoded join the lists; a row ended meanwhile (and perhaps reused by a
@@ -276,7 +357,8 @@ class IvfPqStructure(Structure):
             bits = bitmap(flags)
         return bits
 
-    def search(self, queries, k, allowed) -> Result:
+    def search(self, queries, k, allowed, params=None) -> Result:
+        params = params or self.params
         tail = self.tail_rows()
         if allowed is not None:
             allowed = allowed[allowed < len(self.live)]
@@ -284,9 +366,9 @@ class IvfPqStructure(Structure):
         best = exact_from_file(self.vectors, tail, queries, k)
         if self.trained and self.lists.ntotal:
             bits = self._live_selector(allowed)
-            params = faiss.SearchParametersIVF(nprobe=min(self.params.ivf_nprobe, self.lists.nlist),
-                                               sel=faiss.IDSelectorBitmap(len(self.live), faiss.swig_ptr(bits)))
-            _, candidates = self.lists.search(queries, k * self.params.rerank_factor, params=params)
+            probe = faiss.SearchParametersIVF(nprobe=min(params.ivf_nprobe, self.lists.nlist),
+                                              sel=faiss.IDSelectorBitmap(len(self.live), faiss.swig_ptr(bits)))
+            _, candidates = self.lists.search(queries, k * params.rerank_factor, params=probe)
             best = merge(best, rerank(self.vectors, queries, candidates, k), k)
         return best
 
@@ -303,15 +385,20 @@ class IvfPqStructure(Structure):
 
     def state(self):
         arrays = {"live": self.live.copy(), "coded": self.coded.copy()}
+        if self.trained:
+            arrays |= {"tree_roots": self.tree.roots, "tree_leaf_root": self.tree.leaf_root}  # never changed
         blobs = {"lists.faiss": faiss.serialize_index(self.lists).tobytes()} if self.trained else {}
         return arrays, blobs, {"trained": self.trained}
 
     @classmethod
     def restore(cls, dimension, params, vectors, arrays, blobs, info):
-        lists = None
+        lists = tree = None
         if info.get("trained"):
             lists = faiss.deserialize_index(np.frombuffer(blobs["lists.faiss"], dtype=np.uint8))
-        structure = cls(dimension, params, vectors, lists)
+            if "tree_roots" in arrays:  # snapshots of lists trained before the tree have none: flat assignment
+                tree = CoarseTree(arrays["tree_roots"], lists.quantizer.reconstruct_n(0, lists.nlist),
+                                  arrays["tree_leaf_root"])
+        structure = cls(dimension, params, vectors, lists, tree)
         structure.live = arrays["live"].astype(bool)
         structure.coded = arrays["coded"].astype(bool)
         structure._changed()
