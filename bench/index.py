@@ -7,9 +7,10 @@ For each size and kind it prints, then repeats as `name: value` lines at the end
   - the longest write stall and search stall seen during ingest: a probe writes one item to the same
     collection and searches it every 0.2 s, and its slowest call is reported;
   - memory: the process's resident set (VmRSS) per vector, catalog and everything included, and how much
-    of it is pages of the memory-mapped vector file (RssFile: the kernel may drop those under pressure);
+    of it is file pages mapped into the process (RssFile; the vector file is read with pread, not mapped);
   - disk: bytes per vector of the vector file, the catalog and the snapshots, and their ratio to 4*d;
   - search: recall@10 against exact search and single queries/s (medians of repeats), and batches of 64;
+    for ivfpq and hnsw also at other nprobe / efSearch values, asked per call on the same index;
   - restart: seconds from start to SERVING after a clean stop (snapshot load).
 
     python bench/index.py --quick                           # 20k vectors of each kind: a smoke run
@@ -152,13 +153,20 @@ def wait_for_background(client: SimilarityClient, kind: str, timeout_s: float) -
     return time.monotonic() - started
 
 
-def single_queries(client: SimilarityClient, queries: np.ndarray, repeats: int) -> tuple[float, list]:
+def single_queries(client: SimilarityClient, queries: np.ndarray, repeats: int,
+                   params: dict | None = None) -> tuple[float, list]:
     rates, found = [], None
     for _ in range(repeats):
         started = time.perf_counter()
-        found = [client.search_vectors(q, k=K, fingerprint=FP)[0] for q in queries]
+        found = [client.search_vectors(q, k=K, fingerprint=FP, params=params)[0] for q in queries]
         rates.append(len(queries) / (time.perf_counter() - started))
     return statistics.median(rates), found
+
+
+def sweep_of(kind: str, args) -> list[tuple[str, int]]:
+    name, values = {"ivfpq": ("ivf_nprobe", args.sweep_nprobe), "hnsw": ("hnsw_ef_search", args.sweep_ef)}.get(
+        kind, (None, ""))
+    return [(name, int(value)) for value in values.split(",") if value]
 
 
 def recall(found, truth: np.ndarray) -> float:
@@ -256,6 +264,10 @@ def run(size: int, kind: str, args, truth_cache: dict) -> None:
                 batches.append(192 / (time.perf_counter() - started))
             service["batch"] = statistics.median(batches)
             say(f"{kind} {size} batches of 64", service["batch"], "queries/s")
+            for name, value in sweep_of(kind, args):  # the same index, each call asking for its own effort
+                rate, found = single_queries(client, queries, args.repeats, {name: value})
+                say(f"{kind} {size} at {name} {value}, recall@10 / single queries/s",
+                    f"{recall(found, truth_cache[size]):.3f} / {rate:.4g}")
         if kind in args.peers.split(",") and size <= args.peer_max_size:
             compare(size, kind, args, service)
         server.stop()
@@ -281,6 +293,10 @@ def main() -> None:
     parser.add_argument("--train-timeout", type=float, default=3600)
     parser.add_argument("--data-dir", default=None, help="where the index's data goes (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the data directories")
+    parser.add_argument("--sweep-nprobe", default="16,32,128,256",
+                        help="ivfpq: also measured at these nprobe (per-call SearchRequest.params), '' for none")
+    parser.add_argument("--sweep-ef", default="64,256,512",
+                        help="hnsw: also measured at these efSearch (per-call SearchRequest.params), '' for none")
     parser.add_argument("--server-flag", action="append", default=[], help="an extra imgsim-index flag")
     parser.add_argument("--peers", default="flat,hnsw",
                         help="kinds measured beside in-process peers (bench/baselines.py): flat (numpy, FAISS, the "

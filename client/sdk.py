@@ -345,33 +345,39 @@ class SimilarityClient:
 
     # Search.
 
-    def _search_request(self, queries, k, where, fingerprint, exact, collection) -> index_pb2.SearchRequest:
+    def _search_request(self, queries, k, where, fingerprint, exact, collection, params) -> index_pb2.SearchRequest:
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
-        return index_pb2.SearchRequest(model_fingerprint=fingerprint or self.fingerprint, k=check_k(k), exact=exact,
-                                       queries=[vectors.to_proto(q) for q in queries], where=to_filter(where),
-                                       collection=self._collection(collection))
+        request = index_pb2.SearchRequest(model_fingerprint=fingerprint or self.fingerprint, k=check_k(k),
+                                          exact=exact, queries=[vectors.to_proto(q) for q in queries],
+                                          where=to_filter(where), collection=self._collection(collection))
+        if params:
+            request.params.CopyFrom(index_pb2.IndexParams(**params))
+        return request
 
     def search_vectors(self, queries: np.ndarray, k: int = 5, where: dict | None = None,
                        fingerprint: str | None = None, exact: bool = False,
-                       collection: str | None = None) -> list[list[Hit]]:
+                       collection: str | None = None, params: dict[str, int] | None = None) -> list[list[Hit]]:
         """Top-k candidates for each query vector (rows of `queries`), best first.
 
         Args:
             where: optional metadata filter (see client.filters), e.g. {"label": ["cat", "dog"], "n": {"gte": 3}}.
             fingerprint: the model of the queries; by default the embedder's current one.
             exact: an exact scan even on an approximate index kind.
+            params: search effort for this call instead of the collection's, e.g. {"ivf_nprobe": 128} or
+                {"hnsw_ef_search": 256} (also rerank_factor, lsh_radius); one its kind does not use is ignored.
 
         Raises:
             Unavailable: an index shard did not answer (the message names it). See search_vectors_partial.
         """
-        request = self._search_request(queries, k, where, fingerprint, exact, collection)
+        request = self._search_request(queries, k, where, fingerprint, exact, collection, params)
         return hits_of(self._index().search(request, False).results)
 
     def search_vectors_partial(self, queries: np.ndarray, k: int = 5, where: dict | None = None,
                                fingerprint: str | None = None, exact: bool = False,
-                               collection: str | None = None) -> PartialHits:
+                               collection: str | None = None, params: dict[str, int] | None = None) -> PartialHits:
         """As search_vectors, but shards that are down are skipped and named instead of failing the search."""
-        fan_out = self._index().search(self._search_request(queries, k, where, fingerprint, exact, collection), True)
+        fan_out = self._index().search(self._search_request(queries, k, where, fingerprint, exact, collection, params),
+                                       True)
         return PartialHits(hits_of(fan_out.results), fan_out.missing_shards)
 
     def search(self, image_or_images: ImageLike | Sequence[ImageLike], k: int = 5, where: dict | None = None,

@@ -20,7 +20,7 @@ import numpy as np
 from index_service import filters as flt
 from index_service import snapshot
 from index_service.catalog import Catalog, NewRecords
-from index_service.config import KindParams, params_from_dict
+from index_service.config import BadParams, KindParams, params_from_dict, params_with
 from index_service.errors import (Cancelled, DeadlineExceeded, DimensionMismatch, IndexServiceError,
                                   InvalidArgument, ModelMismatch, NotReady, StorageFull)
 from index_service.id_table import IdTable, id_hashes
@@ -402,7 +402,13 @@ class Collection:
         return result
 
     def search(self, fingerprint: str, queries: np.ndarray, k: int, where: flt.Filter | None,
-               exact: bool = False) -> list[list[Hit]]:
+               exact: bool = False, params: dict[str, int] | None = None) -> list[list[Hit]]:
+        """`params`: search-time parameters for this call instead of the collection's (checked against their
+        ranges by the caller; here against the collection's other parameters)."""
+        try:
+            effort = params_with(self.params, params) if params else self.params
+        except BadParams as err:
+            raise InvalidArgument(f"params: {err}") from None
         unit = unit_rows(queries)
         with self.lock.shared():
             self._check_readable()
@@ -418,7 +424,7 @@ class Collection:
             if exact and approximate or (approximate and allowed is not None and len(allowed) < EXACT_SCAN_BELOW):
                 scores, rows = self._exact(unit, allowed if allowed is not None else self.live_rows(), k)
             else:
-                scores, rows = self.structure.search(unit, k, allowed)
+                scores, rows = self.structure.search(unit, k, allowed, effort)
             return self._hits(np.clip(scores, -1.0, 1.0), rows)
 
     def _exact(self, unit: np.ndarray, rows: np.ndarray, k: int):

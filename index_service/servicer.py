@@ -164,10 +164,11 @@ class IndexServicer(index_pb2_grpc.IndexServicer):
     async def Search(self, request, context):
         def search():
             queries = validation.search_queries(request)
+            params = validation.search_params(request)
             where = validation.where_of(request.filter, request.where if request.HasField("where") else None)
             collection = self._collection(request.collection)
             started = time.perf_counter()
-            found = collection.search(request.model_fingerprint, queries, request.k, where, request.exact)
+            found = collection.search(request.model_fingerprint, queries, request.k, where, request.exact, params)
             if self.search_seconds is not None:
                 self.search_seconds.labels(collection.kind, str(request.exact).lower()).observe(
                     time.perf_counter() - started)

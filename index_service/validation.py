@@ -7,7 +7,7 @@ from imgsim.v1 import index_pb2
 from index_service import filters as flt
 from index_service import metadata as meta
 from index_service.catalog import NewRecords
-from index_service.config import MAX_DIMENSION, PARAM_RANGES
+from index_service.config import MAX_DIMENSION, PARAM_RANGES, SEARCH_PARAMS
 from index_service.errors import DimensionMismatch, InvalidArgument
 from index_service.id_table import id_hashes
 from index_service.exact import MAX_NORM, MIN_NORM, norms, unit_rows
@@ -235,6 +235,18 @@ def search_queries(request: index_pb2.SearchRequest) -> np.ndarray:
     if not request.model_fingerprint:
         raise InvalidArgument("model_fingerprint is empty: pass the fingerprint the embedder returned")
     return matrix_of(request.queries, lambda position: f"query {position}")[0]
+
+
+def search_params(request: index_pb2.SearchRequest) -> dict[str, int]:
+    """The search-time parameters a Search request sets for itself (see SearchRequest.params)."""
+    if not request.HasField("params"):
+        return {}
+    values = index_params(request.params)
+    fixed = sorted(set(values) - set(SEARCH_PARAMS))
+    if fixed:
+        raise InvalidArgument(f"params.{', params.'.join(fixed)} cannot be set by a search (fixed when the "
+                              f"collection is created); a search may set {', '.join(SEARCH_PARAMS)}")
+    return values
 
 
 def scroll_limit(limit: int) -> int:

@@ -1,6 +1,7 @@
 """Collections, typed metadata, filters, scroll, count, export and import, through the SDK and real servers."""
 
 import json
+import time
 
 import grpc
 import numpy as np
@@ -174,3 +175,35 @@ def test_export_drop_import_gives_identical_results_and_bit_identical_vectors(cl
     for i, item_id in enumerate(ids):
         assert stored[item_id].vector.tobytes() == vectors[i].tobytes()
         assert stored[item_id].metadata == typed_metadata(i)
+
+
+def test_a_search_sets_its_own_effort_but_never_what_shapes_the_collection(client):
+    """SearchRequest.params: search-time parameters for one call, checked like the collection's own."""
+    client.create_collection("coarse", "ivfpq", {"ivf_nlist": 16, "ivf_nprobe": 1, "pq_m": 8, "rerank_factor": 1})
+    vectors = clustered(10_000, 16, seed=9)  # ivfpq trains once 9,984 vectors are in
+    client.upsert([f"v{i}" for i in range(len(vectors))], vectors, fingerprint="m", collection="coarse")
+    deadline = time.monotonic() + 120
+    while not ((stats := client.stats("coarse")).trained and stats.pending == 0):
+        assert time.monotonic() < deadline, "ivfpq never finished training and encoding"
+        time.sleep(0.2)
+    queries = vectors[:30] + 0.05 * np.random.default_rng(1).standard_normal((30, 16)).astype(np.float32)
+
+    def search(**options):
+        return client.search_vectors(queries, k=10, fingerprint="m", collection="coarse", **options)
+    exact = search(exact=True)
+    # Every list visited, 10,000 candidates re-ranked: all items scored exactly, the exact answer.
+    full = search(params={"ivf_nprobe": 16, "rerank_factor": 1000})
+    for want, got in zip(exact, full):
+        assert np.allclose([h.score for h in got], [h.score for h in want], atol=1e-5)
+    cheap = search()  # the collection's own: one list, 10 candidates
+    assert sum(len({h.id for h in a} & {h.id for h in b}) for a, b in zip(cheap, exact)) < 0.9 * 300
+    assert [[h.id for h in hits] for hits in search(params={"hnsw_ef_search": 4000})] == \
+        [[h.id for h in hits] for hits in cheap]  # another kind's parameter: ignored
+    with pytest.raises(InvalidArgument, match="params.ivf_nlist, params.pq_m cannot be set by a search"):
+        search(params={"ivf_nlist": 4, "pq_m": 4})
+    with pytest.raises(InvalidArgument, match="params.ivf_nprobe must be from 1 to 65536"):
+        search(params={"ivf_nprobe": 0})
+    client.create_collection("hashes", "lsh", {"lsh_bits": 2, "lsh_radius": 1})
+    client.upsert(["a"], vectors[:1], fingerprint="m", collection="hashes")
+    with pytest.raises(InvalidArgument, match=r"lsh_radius \(3\) cannot exceed lsh_bits \(2\)"):
+        client.search_vectors(queries[:1], fingerprint="m", collection="hashes", params={"lsh_radius": 3})

@@ -189,7 +189,7 @@ class Filter(_message.Message):
     def __init__(self, condition: _Optional[_Union[Condition, _Mapping]] = ..., all: _Optional[_Union[FilterList, _Mapping]] = ..., any: _Optional[_Union[FilterList, _Mapping]] = ..., **kwargs) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("model_fingerprint", "queries", "k", "filter", "exact", "collection", "where")
+    __slots__ = ("model_fingerprint", "queries", "k", "filter", "exact", "collection", "where", "params")
     MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
@@ -197,6 +197,7 @@ class SearchRequest(_message.Message):
     EXACT_FIELD_NUMBER: _ClassVar[int]
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     WHERE_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
     model_fingerprint: str
     queries: _containers.RepeatedCompositeFieldContainer[_common_pb2.Vector]
     k: int
@@ -204,7 +205,8 @@ class SearchRequest(_message.Message):
     exact: bool
     collection: str
     where: Filter
-    def __init__(self, model_fingerprint: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ..., k: _Optional[int] = ..., filter: _Optional[_Iterable[_Union[MetadataCondition, _Mapping]]] = ..., exact: _Optional[bool] = ..., collection: _Optional[str] = ..., where: _Optional[_Union[Filter, _Mapping]] = ...) -> None: ...
+    params: IndexParams
+    def __init__(self, model_fingerprint: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ..., k: _Optional[int] = ..., filter: _Optional[_Iterable[_Union[MetadataCondition, _Mapping]]] = ..., exact: _Optional[bool] = ..., collection: _Optional[str] = ..., where: _Optional[_Union[Filter, _Mapping]] = ..., params: _Optional[_Union[IndexParams, _Mapping]] = ...) -> None: ...
 
 class Hit(_message.Message):
     __slots__ = ("id", "score", "metadata", "typed_metadata")

@@ -75,7 +75,10 @@ class Structure:
 
     # Reading (any number of threads, under the shared lock).
 
-    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> Result:
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None,
+               params: KindParams | None = None) -> Result:
+        """Top k of unit queries among live rows (or the `allowed` ones), with the search-time values of
+        `params` (a request's own) or of the structure's."""
         raise NotImplementedError
 
     def unit_vectors(self, rows: np.ndarray) -> np.ndarray | None:

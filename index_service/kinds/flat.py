@@ -131,7 +131,7 @@ class FlatStructure(Structure):
 
     # Reading.
 
-    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> Result:
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None, params=None) -> Result:
         if allowed is not None:
             positions = self.positions_of(allowed)
             if 2 * len(positions) < self.n:  # few: gather them and scan only those

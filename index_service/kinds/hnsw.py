@@ -196,15 +196,15 @@ class HnswStructure(Structure):
 
     # Reading.
 
-    def search(self, queries, k, allowed) -> Result:
+    def search(self, queries, k, allowed, params=None) -> Result:
         tail = self.tail_rows()
         if allowed is not None:
             allowed = allowed[allowed < len(self.row_node)]
             tail = allowed[self.pending_rows[allowed]]
-        found = self._search_graph(queries, k, allowed)
+        found = self._search_graph(queries, k, allowed, (params or self.params).hnsw_ef_search)
         return merge(found, exact_from_file(self.vectors, tail, queries, k), k) if len(tail) else found
 
-    def _search_graph(self, queries, k, allowed) -> Result:
+    def _search_graph(self, queries, k, allowed, ef_search: int) -> Result:
         if allowed is None:
             if self._live_bits is None:
                 self._live_bits = bitmap(self.node_live)
@@ -217,7 +217,7 @@ class HnswStructure(Structure):
             bits = bitmap(flags & self.node_live)
         if self.graph.ntotal == 0:
             return np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
-        params = faiss.SearchParametersHNSW(efSearch=max(self.params.hnsw_ef_search, k),
+        params = faiss.SearchParametersHNSW(efSearch=max(ef_search, k),
                                             sel=faiss.IDSelectorBitmap(len(self.node_live), faiss.swig_ptr(bits)))
         scores, nodes = self.graph.search(queries, k, params=params)
         rows = np.where(nodes >= 0, self.node_row[np.maximum(nodes, 0)], -1)

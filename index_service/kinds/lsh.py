@@ -59,16 +59,17 @@ class LshStructure(Structure):
         self.codes = self.codes[:end].copy()
         self.live = self.live[:end].copy()
 
-    def search(self, queries, k, allowed) -> Result:
+    def search(self, queries, k, allowed, params=None) -> Result:
+        params = params or self.params
         mask = self.live.copy()
         if allowed is not None:
             only = np.zeros_like(mask)
             only[allowed[allowed < len(only)]] = True
             mask &= only
-        pool = k * self.params.rerank_factor
+        pool = k * params.rerank_factor
         candidates = np.full((len(queries), pool), -1, dtype=np.int64)
         for i, code in enumerate(self.hash(queries)):
-            near = np.bitwise_count(self.codes ^ code) <= self.params.lsh_radius
+            near = np.bitwise_count(self.codes ^ code) <= params.lsh_radius
             votes = near.sum(axis=1, dtype=np.int32) * mask
             rows = np.flatnonzero(votes)
             if len(rows) > pool:  # keep the candidates close in the most tables
