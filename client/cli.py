@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("images", nargs="+", type=Path, help="image files")
     search.add_argument("--k", type=integer(1, 1000), default=5, help="[default 5]")
     search.add_argument("--collection", default="default", help="[default default]")
+    search.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="this search's effort instead of the collection's: ivf_nprobe, hnsw_ef_search, "
+                             "rerank_factor or lsh_radius, e.g. ivf_nprobe=256; repeatable")
     add_where(search)
 
     stats = commands.add_parser("stats", help="what the collections hold")
@@ -180,12 +183,13 @@ def run(args: argparse.Namespace) -> int:
         from client.commands import index_command
         return index_command(args)
     if args.command == "search":
+        from client.commands import parse_params
         where = parse_where(args.where)
         missing = [str(p) for p in args.images if not p.is_file()]
         if missing:
             raise UsageError(f"no such image file: {missing[0]}")
         with connect(args, ("embedder", "index"), args.collection) as client:
-            found = client.search(list(args.images), k=args.k, where=where)
+            found = client.search(list(args.images), k=args.k, where=where, params=parse_params(args.param))
         for path, hits in zip(args.images, found):
             print_json({"query": str(path), "hits": [h.__dict__ for h in hits]})
         return 0

@@ -9,6 +9,17 @@ from client.connection import UsageError, connect
 from client.where import parse_where
 
 
+def parse_params(pairs: list[str]) -> dict[str, int]:
+    """Repeated --param NAME=INTEGER options (index parameters) as a dict."""
+    params = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not value.strip().isdigit():
+            raise UsageError(f"--param {pair!r}: write NAME=INTEGER, e.g. hnsw_m=16")
+        params[name.strip()] = int(value)
+    return params
+
+
 def print_json(value) -> None:
     print(json.dumps(value, default=str))
 
@@ -114,12 +125,7 @@ def collections_command(client, args: argparse.Namespace) -> int:
     if not args.name:
         raise UsageError(f"collections {args.action} needs a NAME")
     if args.action == "create":
-        params = {}
-        for pair in args.param:
-            name, sep, value = pair.partition("=")
-            if not sep or not value.strip().isdigit():
-                raise UsageError(f"--param {pair!r}: write NAME=INTEGER, e.g. hnsw_m=16")
-            params[name.strip()] = int(value)
+        params = parse_params(args.param)
         print_json(client.create_collection(args.name, args.kind, params, exist_ok=args.exist_ok).__dict__)
     elif args.action == "describe":
         print_json(client.stats(args.name).__dict__)

@@ -381,13 +381,14 @@ class SimilarityClient:
         return PartialHits(hits_of(fan_out.results), fan_out.missing_shards)
 
     def search(self, image_or_images: ImageLike | Sequence[ImageLike], k: int = 5, where: dict | None = None,
-               collection: str | None = None) -> list[Hit] | list[list[Hit]]:
+               collection: str | None = None, params: dict[str, int] | None = None) -> list[Hit] | list[list[Hit]]:
         """The k candidates most similar to an image (a list of Hit), or to each of several (a list of lists),
         searched with the fingerprint of the model that embedded them."""
         single = is_single(image_or_images)
         check_k(k)
         embedded = self.embed([image_or_images] if single else image_or_images, return_fingerprint=True)
-        found = self.search_vectors(embedded.vectors, k, where, embedded.fingerprint, collection=collection)
+        found = self.search_vectors(embedded.vectors, k, where, embedded.fingerprint, collection=collection,
+                                    params=params)
         return found[0] if single else found
 
     # Ingest.

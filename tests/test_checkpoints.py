@@ -311,7 +311,13 @@ def test_the_command_line_fails_fast_and_plainly_on_addresses(tmp_path, index, e
     missing = imgsim("search", str(tmp_path / "nope.png"), "--embedder", f"127.0.0.1:{embedder.port}", "--index",
                      f"127.0.0.1:{index.port}")
     assert missing.returncode == 2 and "no such image file" in missing.stderr
-    for done in (swapped, missing):
+    both = ("--embedder", f"127.0.0.1:{embedder.port}", "--index", f"127.0.0.1:{index.port}")
+    fixed = imgsim("search", str(image), *both, "--param", "ivf_nlist=4")
+    assert fixed.returncode == 1 and "params.ivf_nlist cannot be set by a search" in fixed.stderr
+    garbled = imgsim("search", str(image), *both, "--param", "ivf_nprobe=lots")
+    assert garbled.returncode == 2 and "write NAME=INTEGER" in garbled.stderr
+    assert imgsim("search", str(image), *both, "--param", "ivf_nprobe=8").returncode == 0
+    for done in (swapped, missing, fixed, garbled):
         assert "Traceback" not in done.stderr
 
 
