@@ -464,3 +464,21 @@ def test_the_coarse_tree_assigns_the_best_leaf_under_the_best_roots():
     assert np.mean(got == np.argmax(leaf_scores, axis=1)) > 0.9
     flat = CoarseTree.flat(tree.leaves)
     assert np.array_equal(flat.assign(queries), np.argmax(leaf_scores, axis=1))
+
+
+def test_a_snapshot_keeps_the_coarse_tree_and_an_older_one_without_it_assigns_exactly(tmp_path):
+    from index_service.kinds import ivfpq
+    from index_service.vector_file import VectorFile
+    dimension, rng = 16, np.random.default_rng(11)
+    x = unit_vectors(rng, 10_000, dimension)
+    vectors = VectorFile(tmp_path / "vectors", dimension, create=True)
+    structure = ivfpq.IvfPqStructure(dimension, KindParams(ivf_nlist=64, pq_m=8), vectors)
+    write_rows(structure, np.arange(len(x)), x, np.zeros(0, np.int64))
+    structure.install(structure.train(x))
+    arrays, blobs, info = structure.state()
+    restored = ivfpq.IvfPqStructure.restore(dimension, structure.params, vectors, arrays, blobs, info)
+    assert np.array_equal(restored.tree.assign(x), structure.tree.assign(x))
+    assert len(structure.tree.roots) == 8
+    older = {name: array for name, array in arrays.items() if not name.startswith("tree_")}
+    flat = ivfpq.IvfPqStructure.restore(dimension, structure.params, vectors, older, blobs, info)
+    assert np.array_equal(flat.tree.assign(x), np.argmax(x @ structure.tree.leaves.T, axis=1))
