@@ -3,6 +3,8 @@
 On one machine in one run, medians of repeats, for a ViT-B/16-shaped model (random weights) and 500x500
 JPEGs like beans, it prints:
   - images/s of the bare model on ready tensors at batch 1, 8 and 32 (the ceiling);
+  - the same checkpoint at batch 8 in PyTorch eager float32 and bfloat16, ONNX Runtime and OpenVINO (exported
+    here, same threads, same pixels), with the lowest cosine of each one's embeddings to PyTorch float32's;
   - images/s of the whole pipeline in-process (decode + preprocess + model);
   - served images/s through Embed (batches of 32) and EmbedStream, and with 32 concurrent clients each
     sending one image per call (dynamic batching);
@@ -100,6 +102,60 @@ def bare_model(model: EmbeddingModel, batch: int, images: int, repeats: int) -> 
     pixels = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
     passes = max(1, images // batch)
     return passes * batch / median_seconds(lambda: [model.embed(pixels) for _ in range(passes)], repeats)
+
+
+class OnnxClassToken(torch.nn.Module):
+    """The embedder's default pooling (the CLS token of last_hidden_state) as one exportable graph."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values):
+        return self.model(pixel_values=pixel_values).last_hidden_state[:, 0]
+
+
+def runtime_peers(model: EmbeddingModel, checkpoint: Path, folder: Path, batch: int, repeats: int,
+                  figures: dict) -> None:
+    """The same checkpoint executed by other runtimes, same threads, same pixels, beside PyTorch eager
+    float32 (and bfloat16 autocast): images/s at `batch` and the lowest cosine of their embeddings to
+    PyTorch float32's. A runtime not installed is reported as such (pip install onnx onnxruntime openvino)."""
+    threads = torch.get_num_threads()
+    pixels = np.random.default_rng(1).standard_normal((batch, 3, model.height, model.width)).astype(np.float32)
+    reference = model.embed(pixels)
+    runs = {"torch_fp32": lambda: model.embed(pixels)}
+    bf16 = EmbeddingModel(str(checkpoint), dtype="bfloat16")
+    runs["torch_bf16"] = lambda: bf16.embed(pixels)
+    try:
+        import onnxruntime
+        onnx_path = folder / "vit.onnx"
+        torch.onnx.export(OnnxClassToken(model.model), (torch.from_numpy(pixels),), str(onnx_path), dynamo=False,
+                          input_names=["pixel_values"], output_names=["embedding"],
+                          dynamic_axes={"pixel_values": {0: "batch"}, "embedding": {0: "batch"}}, opset_version=17)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        runs["onnxruntime"] = lambda: session.run(None, {"pixel_values": pixels})[0]
+        try:
+            import openvino
+            compiled = openvino.compile_model(str(onnx_path), "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                                      "INFERENCE_PRECISION_HINT": "f32"})
+            runs["openvino"] = lambda: compiled(pixels)[0]
+        except ImportError:
+            print("  openvino: not installed", flush=True)
+    except ImportError:
+        print("  onnxruntime: not installed", flush=True)
+    for name, run in runs.items():
+        vectors = np.asarray(run(), dtype=np.float32)  # warm-up, and the vectors compared
+        cosine = np.sum(unit_rows(vectors) * unit_rows(reference), axis=1).min()
+        rate = batch / median_seconds(run, max(repeats, 5))
+        figures[f"runtime_{name}_batch{batch}_images_per_s"] = rate
+        figures[f"runtime_{name}_min_cosine_to_torch_fp32"] = float(cosine)
+        print(f"  {name}: {rate:.2f} images/s at batch {batch}, lowest cosine to PyTorch float32 {cosine:.6f}",
+              flush=True)
+    for name in runs:
+        figures[f"ratio_runtime_{name}_vs_torch_fp32"] = (figures[f"runtime_{name}_batch{batch}_images_per_s"]
+                                                          / figures[f"runtime_torch_fp32_batch{batch}_images_per_s"])
 
 
 def in_process_pipeline(model: EmbeddingModel, photos: list[bytes], batch: int, repeats: int) -> float:
@@ -235,6 +291,8 @@ def main() -> None:
         print(f"  matmul fp32 {figures['matmul_fp32_gflops']:.1f} GFLOP/s, bf16 {figures['matmul_bf16_gflops']:.1f}; "
               f"the model at batch 32 reaches {figures['bare_model_batch32_efficiency_vs_fp32_matmul']:.0%} of fp32",
               flush=True)
+        print(f"runtimes, {torch.get_num_threads()} threads each:", flush=True)
+        runtime_peers(model, checkpoint, Path(tmp), 8, args.repeats, figures)
         figures["inprocess_pipeline_images_per_s"] = in_process_pipeline(model, photos, 32, args.repeats)
         for name, data in (("500x500", photos[0]), ("3000x2000", big)):
             ms = preprocessing_ms(model.processor, data, args.repeats)

@@ -29,7 +29,8 @@ BENCHES = {
     "embedder": (["bench/embedder.py", "--quick", "--images", "8", "--repeats", "1"],
                  ["served_embedstream_images_per_s", "preprocess_speedup_faithful_3000x2000",
                   "draft_shipped32_3000x2000_min_cosine", "ratio_index_dataset_vs_writeup_map",
-                  "bare_model_batch32_efficiency_vs_fp32_matmul", "matmul_bf16_gflops"]),
+                  "bare_model_batch32_efficiency_vs_fp32_matmul", "matmul_bf16_gflops",
+                  "ratio_runtime_onnxruntime_vs_torch_fp32", "runtime_openvino_min_cosine_to_torch_fp32"]),
 }
 
 
