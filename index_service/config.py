@@ -19,7 +19,7 @@ class KindParams:
     ivf_nlist: int = 1024
     # ivfpq: 192-byte codes (pq_m 128 stops near recall 0.85 on bench/data.py's vectors), 1000 candidates
     # re-ranked, 64 of 1024 lists visited: recall is set by the codes and the candidates more than by nprobe
-    # (bench/ivfpq_sweep.py: 0.94 at 64 vs 0.96 at 256 at 1M, for a quarter of the time; 5M in the README).
+    # (bench/ivfpq_sweep.py: 0.94 at 64 vs 0.96 at 256 at 1M, for a quarter of the time; 10M in the README).
     ivf_nprobe: int = 64
     pq_m: int = 384
     rerank_factor: int = 100
