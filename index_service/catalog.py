@@ -17,6 +17,7 @@ from typing import Iterator
 
 import numpy as np
 
+from index_service.arrays import unique
 from index_service import metadata as meta
 from index_service.errors import CatalogDamaged, StorageFull, StorageReadOnly
 from index_service.filters import Equals, InRange
@@ -215,7 +216,7 @@ class Catalog:
                     clauses.append(f"value {op} ?")
                     params.append(bound)
             query = f"SELECT row FROM meta WHERE key = ? AND type = ? AND {' AND '.join(clauses)}"
-            return np.unique(np.fromiter((r for (r,) in db.execute(query, params)), np.int64))
+            return unique(np.fromiter((r for (r,) in db.execute(query, params)), np.int64))
         by_type: dict[str, list] = {}
         for value in condition.values:
             by_type.setdefault(meta.value_type(value), []).append(meta.stored_value(value))
@@ -225,7 +226,7 @@ class Catalog:
                 chunk = values[start:start + CHUNK]
                 query = f"SELECT row FROM meta WHERE key = ? AND type = ? AND value IN ({','.join('?' * len(chunk))})"
                 found.append(np.fromiter((r for (r,) in db.execute(query, [condition.key, kind, *chunk])), np.int64))
-        return np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
+        return unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
 
     # Writing (the writer thread only).
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from index_service.arrays import difference, union, unique
 from index_service import filters as flt
 from index_service import snapshot
 from index_service.catalog import Catalog, NewRecords
@@ -395,7 +396,7 @@ class Collection:
         if isinstance(node, flt.Not):
             return np.setdiff1d(self.live_rows(), self._evaluate(node.part), assume_unique=True)
         parts = [self._evaluate(part) for part in node.parts]
-        combine = np.intersect1d if isinstance(node, flt.All) else np.union1d
+        combine = np.intersect1d if isinstance(node, flt.All) else union
         result = parts[0]
         for part in parts[1:]:
             result = combine(result, part)
@@ -437,7 +438,7 @@ class Collection:
         return best
 
     def _hits(self, scores: np.ndarray, rows: np.ndarray) -> list[list[Hit]]:
-        wanted = np.unique(rows[rows >= 0])
+        wanted = unique(rows[rows >= 0])
         records, damaged = self.catalog.records(wanted)
         if damaged:
             self.quarantine(damaged)
@@ -565,7 +566,7 @@ class Collection:
             self.snapshot_seq, self.last_snapshot_unix = seq, time.time()
             self.changes_since_snapshot -= changes
             self.rows.give_back(released)
-            self.rows.awaiting_snapshot = np.setdiff1d(self.rows.awaiting_snapshot, released)
+            self.rows.awaiting_snapshot = difference(self.rows.awaiting_snapshot, released)
             self.catalog.vacuum()
         log.info("collection %r: snapshot %d written in %.2f s", self.name, seq, time.monotonic() - started)
         return True

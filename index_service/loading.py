@@ -7,6 +7,7 @@ import threading
 
 import numpy as np
 
+from index_service.arrays import union
 from index_service import snapshot
 from index_service.errors import CatalogDamaged
 from index_service.id_table import TOMBSTONE, IdTable, id_hashes
@@ -121,7 +122,7 @@ def restore(collection, seq: int, info: dict, arrays: dict, blobs: dict, stoppin
 def finish(collection) -> None:
     """Which rows are free, now that the live and held ones are known."""
     end = collection.catalog.max_row() + 1
-    used = np.union1d(collection.ids.entries()[2], collection.structure.held_rows())
+    used = union(collection.ids.entries()[2], collection.structure.held_rows())
     end = max(end, int(used.max()) + 1 if len(used) else 0)
     collection.rows = RowAllocator(end, np.setdiff1d(np.arange(end, dtype=np.int64), used, assume_unique=True))
     collection.generation += 1

@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 
+from index_service.arrays import difference, union
 from index_service.catalog import NewRecords
 from index_service.id_table import id_hashes
 from index_service.exact import unit_rows
@@ -185,7 +186,7 @@ class Maintenance:
             released = c.structure.purge(c.lock.exclusive)
             if not len(released):
                 return
-            c.rows.release_after_snapshot(np.setdiff1d(released, c.live_rows()))
+            c.rows.release_after_snapshot(difference(released, c.live_rows()))
         c.take_snapshot(force=True)  # the old snapshot still refers to the released rows
 
     def _relocate(self) -> None:
@@ -242,7 +243,7 @@ class Maintenance:
         c = self.collection
         with c.write_mutex:
             with c.lock.shared():
-                used = np.union1d(np.union1d(c.live_rows(), c.structure.held_rows()),
+                used = union(union(c.live_rows(), c.structure.held_rows()),
                                   np.fromiter(c.damaged, np.int64))
             end = int(used.max()) + 1 if len(used) else 0
             if end >= c.rows.end:

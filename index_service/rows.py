@@ -3,6 +3,8 @@ compaction has little to move."""
 
 import numpy as np
 
+from index_service.arrays import union
+
 
 class RowAllocator:
     """Rows below `end` are live, free, or held by the search structure; rows from `end` on are unused."""
@@ -23,11 +25,11 @@ class RowAllocator:
     def give_back(self, rows: np.ndarray) -> None:
         """Rows no longer used by anything; undone allocations included."""
         if len(rows):
-            self.free = np.union1d(self.free, rows)
+            self.free = union(self.free, rows)
 
     def release_after_snapshot(self, rows: np.ndarray) -> None:
         if len(rows):
-            self.awaiting_snapshot = np.union1d(self.awaiting_snapshot, rows)
+            self.awaiting_snapshot = union(self.awaiting_snapshot, rows)
 
     def snapshot_taken(self) -> None:
         self.give_back(self.awaiting_snapshot)

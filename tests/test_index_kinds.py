@@ -482,3 +482,18 @@ def test_a_snapshot_keeps_the_coarse_tree_and_an_older_one_without_it_assigns_ex
     older = {name: array for name, array in arrays.items() if not name.startswith("tree_")}
     flat = ivfpq.IvfPqStructure.restore(dimension, structure.params, vectors, older, blobs, info)
     assert np.array_equal(flat.tree.assign(x), np.argmax(x @ structure.tree.leaves.T, axis=1))
+
+
+def test_the_sorting_set_operations_equal_numpys():
+    from hypothesis import given, settings, strategies as st
+
+    from index_service.arrays import difference, union, unique
+    ints = st.lists(st.integers(-5, 40), max_size=60).map(lambda v: np.asarray(v, dtype=np.int64))
+
+    @settings(max_examples=300, deadline=None)
+    @given(ints, ints)
+    def check(a, b):
+        assert np.array_equal(unique(a), np.unique(a)) and unique(a).dtype == np.int64
+        assert np.array_equal(union(a, b), np.union1d(a, b))
+        assert np.array_equal(difference(a, b), np.setdiff1d(a, b))
+    check()

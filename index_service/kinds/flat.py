@@ -9,6 +9,7 @@ import mmap
 
 import numpy as np
 
+from index_service.arrays import unique
 from index_service.kinds.base import Result, Structure
 from index_service.exact import empty_result, merge, search_matrix
 
@@ -63,13 +64,13 @@ class FlatStructure(Structure):
                 self.blocks[block][offset:offset + count] = unit[done:done + count]
                 done += count
             return
-        for block in np.unique(positions // self.block_rows):
+        for block in unique(positions // self.block_rows):
             here = positions // self.block_rows == block
             self.blocks[block][positions[here] % self.block_rows] = unit[here]
 
     def _take(self, positions: np.ndarray) -> np.ndarray:
         out = np.empty((len(positions), self.dimension), dtype=np.float32)
-        for block in np.unique(positions // self.block_rows):
+        for block in unique(positions // self.block_rows):
             here = positions // self.block_rows == block
             out[here] = self.blocks[block][positions[here] % self.block_rows]
         return out

@@ -14,6 +14,7 @@ import threading
 import faiss
 import numpy as np
 
+from index_service.arrays import unique
 from index_service.kinds.base import TAIL_LIMIT, Result, Structure, bitmap, no_lock
 from index_service.exact import exact_from_file, merge, unit_rows
 
@@ -130,7 +131,7 @@ class HnswStructure(Structure):
 
     def held_rows(self) -> np.ndarray:
         dead = ~self.node_live
-        return np.unique(self.node_row[dead])
+        return unique(self.node_row[dead])
 
     def needs_purge(self, live: int) -> bool:
         dead = len(self.node_live) - int(np.count_nonzero(self.node_live))  # `live` counts the tail too
