@@ -1,13 +1,20 @@
 """Per-call overhead of a single-query Search, and where it goes.
 
-Side by side in one run, medians of repeats, ms per call from one synchronous client (as an application
-calls):
+Side by side in one run, ms per call from one synchronous client (as an application calls). The
+measurements are interleaved: each round times every contender once, `--calls` calls each, and a figure is
+the median over `--repeats` rounds (a ratio: the median of the rounds' ratios), so that the drift of a noisy
+machine falls on all of them alike.
 
-- in-process FAISS (IndexFlatIP over unit vectors): the floor;
+- in-process FAISS (IndexFlatIP over unit vectors): the peer the issue names;
+- in-process, the service's own exact scan (index_service.exact.search_matrix over the same unit vectors,
+  which the flat kind runs): what the service would cost without the call around it;
 - the index service's Search of one query through the SDK and through a raw stub;
 - the index service's GetStats (no search: the service's own per-call cost);
 - a bare grpc.aio server answering grpc.health.v1 Check in another process, with no interceptor, executor
   or application code: what gRPC Python itself costs per loopback call on this machine.
+
+`added_ms` is the service's Search minus its own scan in-process: the per-call overhead (RPC, validation,
+the catalog lookup of the hits, the reply).
 
     python bench/overhead.py [--sizes 10000,100000] [--repeats 5] [--calls 200]
 """
@@ -32,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 from client import SimilarityClient  # noqa: E402
 from client.local_services import free_port  # noqa: E402
 from imgsim import vectors  # noqa: E402
+from index_service.exact import search_matrix, unit_rows  # noqa: E402
 from imgsim.healthcheck import is_serving  # noqa: E402
 from imgsim.v1 import index_pb2, index_pb2_grpc  # noqa: E402
 
@@ -52,14 +60,20 @@ BARE_SERVER = textwrap.dedent("""
 """)
 
 
-def per_call_ms(action, calls: int, repeats: int) -> float:
-    timings = []
+def interleaved_ms(actions: dict, calls: int, repeats: int) -> dict[str, list[float]]:
+    """ms per call of each action, one list entry per round; every round runs every action once."""
+    timings = {name: [] for name in actions}
     for _ in range(repeats):
-        started = time.perf_counter()
-        for n in range(calls):
-            action(n)
-        timings.append(1000 * (time.perf_counter() - started) / calls)
-    return statistics.median(timings)
+        for name, action in actions.items():
+            started = time.perf_counter()
+            for n in range(calls):
+                action(n)
+            timings[name].append(1000 * (time.perf_counter() - started) / calls)
+    return timings
+
+
+def median_ratio(numerators: list[float], denominators: list[float]) -> float:
+    return statistics.median(a / b for a, b in zip(numerators, denominators))
 
 
 def serving(process: subprocess.Popen, address: str) -> None:
@@ -74,7 +88,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--calls", type=int, default=200)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9, help="rounds (each times every contender)")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     figures: dict[str, float] = {}
@@ -97,8 +111,6 @@ def main() -> None:
                     SimilarityClient(index=f"127.0.0.1:{index_port}") as client:
                 health = health_pb2_grpc.HealthStub(bare_channel)
                 stub = index_pb2_grpc.IndexStub(channel)
-                figures["bare_grpc_aio_health_ms"] = per_call_ms(
-                    lambda n: health.Check(health_pb2.HealthCheckRequest()), args.calls, args.repeats)
                 for size in (int(s) for s in args.sizes.split(",")):
                     name = f"flat{size}"
                     candidates = rng.standard_normal((size, args.dim)).astype(np.float32)
@@ -107,27 +119,34 @@ def main() -> None:
                         client.upsert([f"v{i}" for i in range(start, min(size, start + 10000))],
                                       candidates[start:start + 10000], fingerprint="bench", collection=name)
                     queries = rng.standard_normal((args.calls, args.dim)).astype(np.float32)
+                    unit = unit_rows(candidates)
                     flat = faiss.IndexFlatIP(args.dim)
-                    flat.add(candidates / np.linalg.norm(candidates, axis=1, keepdims=True))
+                    flat.add(unit)
+                    row_ids = np.arange(size)
                     requests = [index_pb2.SearchRequest(model_fingerprint="bench", k=10, collection=name,
                                                         queries=[vectors.to_proto(q)]) for q in queries]
-
-                    def in_process(n):
-                        flat.search((queries[n] / np.linalg.norm(queries[n]))[None], 10)
-                    figures[f"{name}_inprocess_faiss_ms"] = per_call_ms(in_process, args.calls, args.repeats)
-                    figures[f"{name}_service_raw_stub_ms"] = per_call_ms(lambda n: stub.Search(requests[n]),
-                                                                         args.calls, args.repeats)
-                    figures[f"{name}_service_sdk_ms"] = per_call_ms(
-                        lambda n: client.search_vectors(queries[n], k=10, fingerprint="bench", collection=name),
-                        args.calls, args.repeats)
-                    figures[f"{name}_service_getstats_ms"] = per_call_ms(
-                        lambda n: stub.GetStats(index_pb2.GetStatsRequest(collection=name)), args.calls, args.repeats)
-                    figures[f"{name}_ratio_service_vs_inprocess"] = (figures[f"{name}_inprocess_faiss_ms"]
-                                                                     / figures[f"{name}_service_raw_stub_ms"])
-                    figures[f"{name}_added_ms"] = (figures[f"{name}_service_raw_stub_ms"]
-                                                   - figures[f"{name}_inprocess_faiss_ms"])
-                    print(f"{name}: in-process {figures[f'{name}_inprocess_faiss_ms']:.3f} ms, service "
-                          f"{figures[f'{name}_service_raw_stub_ms']:.3f} ms", flush=True)
+                    stats_request = index_pb2.GetStatsRequest(collection=name)
+                    timings = interleaved_ms({
+                        "inprocess_faiss": lambda n: flat.search(unit_rows(queries[n][None]), 10),
+                        "inprocess_own_scan": lambda n: search_matrix(unit_rows(queries[n][None]), unit, row_ids, 10),
+                        "service_raw_stub": lambda n: stub.Search(requests[n]),
+                        "service_sdk": lambda n: client.search_vectors(queries[n], k=10, fingerprint="bench",
+                                                                       collection=name),
+                        "service_getstats": lambda n: stub.GetStats(stats_request),
+                        "bare_grpc_aio_health": lambda n: health.Check(health_pb2.HealthCheckRequest()),
+                    }, args.calls, args.repeats)
+                    for what, values in timings.items():
+                        figures[f"{name}_{what}_ms"] = statistics.median(values)
+                    figures[f"{name}_ratio_service_vs_inprocess_faiss"] = median_ratio(
+                        timings["inprocess_faiss"], timings["service_raw_stub"])
+                    figures[f"{name}_ratio_service_vs_own_scan"] = median_ratio(
+                        timings["inprocess_own_scan"], timings["service_raw_stub"])
+                    figures[f"{name}_added_ms"] = statistics.median(
+                        a - b for a, b in zip(timings["service_raw_stub"], timings["inprocess_own_scan"]))
+                    print(f"{name}: in-process FAISS {figures[f'{name}_inprocess_faiss_ms']:.3f} ms, own scan "
+                          f"{figures[f'{name}_inprocess_own_scan_ms']:.3f} ms, service "
+                          f"{figures[f'{name}_service_raw_stub_ms']:.3f} ms, bare gRPC "
+                          f"{figures[f'{name}_bare_grpc_aio_health_ms']:.3f} ms", flush=True)
         finally:
             index.terminate()
             bare.terminate()

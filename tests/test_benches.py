@@ -12,7 +12,8 @@ from conftest import ROOT
 BENCHES = {
     "wire": (["bench/wire.py"], ["encode_ratio_float_over_bytes"]),
     "overhead": (["bench/overhead.py", "--sizes", "2000", "--calls", "20", "--repeats", "1", "--dim", "64"],
-                 ["bare_grpc_aio_health_ms", "flat2000_service_raw_stub_ms", "flat2000_inprocess_faiss_ms"]),
+                 ["flat2000_bare_grpc_aio_health_ms", "flat2000_service_raw_stub_ms", "flat2000_inprocess_faiss_ms",
+                  "flat2000_inprocess_own_scan_ms", "flat2000_ratio_service_vs_inprocess_faiss", "flat2000_added_ms"]),
     "index": (["bench/index.py", "--quick", "--kinds", "flat,hnsw", "--queries", "20", "--repeats", "1"],
               ["flat 20000 recall@10", "hnsw 20000 RSS per vector (whole process)", "flat 20000 restart until SERVING",
                "flat 20000 service vs numpy in-process, single", "flat 20000 service vs the write-up's search, single",
