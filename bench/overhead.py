@@ -1,9 +1,9 @@
 """Per-call overhead of a single-query Search, and where it goes.
 
 Side by side in one run, ms per call from one synchronous client (as an application calls). The
-measurements are interleaved: each round times every contender once, `--calls` calls each, and a figure is
-the median over `--repeats` rounds (a ratio: the median of the rounds' ratios), so that the drift of a noisy
-machine falls on all of them alike.
+measurements are interleaved: each round times every contender once, `--calls` calls each (after a pause and
+a few calls not timed), and a figure is the median over `--repeats` rounds (a ratio: the median of the
+rounds' ratios), so that the drift of a noisy machine falls on all of them alike.
 
 - in-process FAISS (IndexFlatIP over unit vectors): the peer the issue names;
 - in-process, the service's own exact scan (index_service.exact.search_matrix over the same unit vectors,
@@ -60,11 +60,21 @@ BARE_SERVER = textwrap.dedent("""
 """)
 
 
+# Before each contender's timed calls: a pause, then a few calls not timed. Without them, the service timed
+# right after an in-process scan was 0.3-0.9 ms slower per call than the same service timed later in the
+# round (the scan's BLAS threads still spinning on the two cores, caches holding the other copy).
+SETTLE_S = 0.5
+WARM_CALLS = 10
+
+
 def interleaved_ms(actions: dict, calls: int, repeats: int) -> dict[str, list[float]]:
     """ms per call of each action, one list entry per round; every round runs every action once."""
     timings = {name: [] for name in actions}
     for _ in range(repeats):
         for name, action in actions.items():
+            time.sleep(SETTLE_S)
+            for n in range(min(WARM_CALLS, calls)):
+                action(n)
             started = time.perf_counter()
             for n in range(calls):
                 action(n)

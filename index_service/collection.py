@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 # cheaper than steering a graph or inverted lists around most of the collection, and exact.
 EXACT_SCAN_BELOW = 20000
 EXACT_GATHER_ROWS = 65536
+# A search that reads at most this many floats, all in memory (32 MiB: about a millisecond of memory
+# bandwidth here), costs less than its hand-off to a worker thread and back, so the servicer may run it on
+# its event loop (see quick_search).
+QUICK_SEARCH_FLOATS = 1 << 23
 CATALOG_FILE = "catalog.sqlite3"
 VECTOR_FILE = "vectors.f32"
 SNAPSHOTS = "snapshots"
@@ -402,16 +406,30 @@ class Collection:
             result = combine(result, part)
         return result
 
+    def quick_search(self, n_queries: int, params: dict[str, int] | None = None) -> bool:
+        """True when a plain search (no filter, not exact) of `n_queries` reads no file and at most
+        QUICK_SEARCH_FLOATS: cheap enough to run where blocking must stay short."""
+        structure = self.structure
+        if structure is None or self.damaged:
+            return False
+        try:
+            effort = params_with(self.params, params) if params else self.params
+        except BadParams:
+            return False
+        floats = structure.memory_search_floats(n_queries, effort)
+        return floats is not None and floats <= QUICK_SEARCH_FLOATS
+
     def search(self, fingerprint: str, queries: np.ndarray, k: int, where: flt.Filter | None,
-               exact: bool = False, params: dict[str, int] | None = None) -> list[list[Hit]]:
+               exact: bool = False, params: dict[str, int] | None = None, wait: bool = True) -> list[list[Hit]]:
         """`params`: search-time parameters for this call instead of the collection's (checked against their
-        ranges by the caller; here against the collection's other parameters)."""
+        ranges by the caller; here against the collection's other parameters). wait=False: raises
+        locks.Busy instead of waiting for a writer."""
         try:
             effort = params_with(self.params, params) if params else self.params
         except BadParams as err:
             raise InvalidArgument(f"params: {err}") from None
         unit = unit_rows(queries)
-        with self.lock.shared():
+        with self.lock.shared(wait):
             self._check_readable()
             self.check_model(fingerprint, queries.shape[1])
             if self.count == 0 or self.structure is None:

@@ -10,6 +10,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+class Busy(Exception):
+    """The lock was asked for without waiting and a writer holds it or waits for it."""
+
+
 class ReadWriteLock:
     """Many readers or one writer; a waiting writer stops new readers, so writes are not starved. Writers
     hold it only for short, bounded steps (publishing a write, a chunk of graph insertion)."""
@@ -21,8 +25,11 @@ class ReadWriteLock:
         self._writers_waiting = 0
 
     @contextmanager
-    def shared(self):
+    def shared(self, wait: bool = True):
+        """wait=False: raises Busy instead of waiting (for callers that must not block, the event loop)."""
         with self._changed:
+            if not wait and (self._writing or self._writers_waiting):
+                raise Busy
             while self._writing or self._writers_waiting:
                 self._changed.wait()
             self._readers += 1

@@ -1,6 +1,8 @@
 """Translates between imgsim.v1.Index messages and the collections. Blocking work (validation, search,
 SQLite, files) runs in a bounded thread pool; the event loop only moves messages, so silent or slow
-streams cost a coroutine each and never starve other calls or health checks."""
+streams cost a coroutine each and never starve other calls or health checks. The one exception is a search
+that reads about a millisecond of memory and finds the collection free of writers: it runs on the loop,
+where the hand-off to the pool would cost a sizeable share of it."""
 
 import asyncio
 import time
@@ -14,9 +16,10 @@ from imgsim.v1 import index_pb2, index_pb2_grpc
 from index_service import metadata as meta
 from index_service import validation
 from index_service.collection import Collection
-from index_service.config import KINDS, MAX_DIMENSION
+from index_service.config import DEFAULT_COLLECTION, KINDS, MAX_DIMENSION
 from index_service.errors import Cancelled, DeadlineExceeded, InvalidArgument, NotReady, status_for
 from index_service.id_table import hash_cursor, parse_cursor
+from index_service.locks import Busy
 from index_service.writes import WriteOp
 
 
@@ -162,13 +165,14 @@ class IndexServicer(index_pb2_grpc.IndexServicer):
                                         deleted_ids=result.deleted_ids, changed_ids=result.changed_ids)
 
     async def Search(self, request, context):
-        def search():
+        def search(wait: bool = True):
             queries = validation.search_queries(request)
             params = validation.search_params(request)
             where = validation.where_of(request.filter, request.where if request.HasField("where") else None)
             collection = self._collection(request.collection)
             started = time.perf_counter()
-            found = collection.search(request.model_fingerprint, queries, request.k, where, request.exact, params)
+            found = collection.search(request.model_fingerprint, queries, request.k, where, request.exact, params,
+                                      wait)
             if self.search_seconds is not None:
                 self.search_seconds.labels(collection.kind, str(request.exact).lower()).observe(
                     time.perf_counter() - started)
@@ -179,7 +183,31 @@ class IndexServicer(index_pb2_grpc.IndexServicer):
                     message = result.hits.add(id=hit.id, score=hit.score)
                     meta.fill_proto(hit.metadata, message.metadata, message.typed_metadata)
             return response
+
+        if self._is_quick(request):
+            try:
+                return search(wait=False)
+            except Busy:
+                pass  # a writer holds the collection: wait for it in the pool, not here
+            except Exception as err:
+                code, message = status_for(err)
+                await context.abort(code, message)
         return await self._run(context, search)
+
+    def _is_quick(self, request: index_pb2.SearchRequest) -> bool:
+        """A small search of memory runs on the event loop: measured at 10k x 768 flat, the hand-off to a
+        worker thread and back was 0.15-0.3 ms of a 2.5 ms call, and the search itself about 1 ms; longer
+        searches, filters, exact scans and anything that reads files go to the pool."""
+        if self.registry is None or request.exact or request.filter or request.HasField("where"):
+            return False
+        collection = self.registry.collections.get(request.collection or DEFAULT_COLLECTION)
+        if collection is None or not request.queries:
+            return False
+        try:
+            params = validation.search_params(request)
+        except InvalidArgument:
+            return False
+        return collection.quick_search(len(request.queries), params)
 
     async def Get(self, request, context):
         def get():

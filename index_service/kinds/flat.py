@@ -132,6 +132,11 @@ class FlatStructure(Structure):
 
     # Reading.
 
+    def memory_search_floats(self, n_queries, params):
+        # One BLAS product at a time on the loop also keeps two pool threads from running two on both cores
+        # each (with 8 clients at 10k: 539 queries/s on the loop, 324 in the pool).
+        return n_queries * self.n * self.dimension
+
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None, params=None) -> Result:
         if allowed is not None:
             positions = self.positions_of(allowed)
