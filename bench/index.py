@@ -95,7 +95,8 @@ class Server:
 
 
 class Probe(threading.Thread):
-    """Writes one item and runs one search every `every_s`, keeping the slowest of each."""
+    """Writes one item and runs one search every `every_s` (the first at once, so a load shorter than
+    `every_s` still has one), keeping the slowest of each."""
 
     def __init__(self, address: str, dim: int, every_s: float = 0.2):
         super().__init__(daemon=True)
@@ -106,7 +107,7 @@ class Probe(threading.Thread):
     def run(self) -> None:
         rng = np.random.default_rng(7)
         with SimilarityClient(index=self.address, timeout=600) as client:
-            while not self.stop.wait(self.every_s):
+            while True:
                 vector = rng.standard_normal(self.dim).astype(np.float32)
                 started = time.perf_counter()
                 client.upsert([f"probe-{self.writes}"], vector[None], fingerprint=FP)
@@ -116,6 +117,8 @@ class Probe(threading.Thread):
                 client.search_vectors(vector, k=K, fingerprint=FP)
                 self.search_s.append(time.perf_counter() - started)
                 self.pending.append(client.stats().pending)
+                if self.stop.wait(self.every_s):
+                    return
 
 
 def ingest(client: SimilarityClient, stream: ClusteredStream, chunk: int) -> float:
@@ -303,10 +306,12 @@ def main() -> None:
                              "write-up's search), hnsw (hnswlib at equal recall)")
     parser.add_argument("--peer-max-size", type=int, default=2_000_000,
                         help="no peers above this size (they hold the data in memory, several copies)")
-    parser.add_argument("--quick", action="store_true", help="20k vectors of 128 dimensions: a smoke run")
+    parser.add_argument("--quick", action="store_true",
+                        help="20k vectors of 128 dimensions, 20 queries, one sweep value: a smoke run")
     args = parser.parse_args()
     if args.quick:
-        args.sizes, args.dim, args.queries, args.repeats = "20000", 128, 50, 1
+        args.sizes, args.dim, args.queries, args.repeats = "20000", 128, 20, 1
+        args.sweep_nprobe, args.sweep_ef = "32", "512"
         args.server_flag = args.server_flag + ["--ivf-nlist", "64"]
     print(f"machine: {os.cpu_count()} cores; index and this client share them")
     truth: dict = {}
