@@ -497,3 +497,28 @@ def test_the_sorting_set_operations_equal_numpys():
         assert np.array_equal(union(a, b), np.union1d(a, b))
         assert np.array_equal(difference(a, b), np.setdiff1d(a, b))
     check()
+
+
+def test_the_vector_file_reads_any_rows_in_the_order_asked_announced_or_not(tmp_path):
+    from hypothesis import given, settings, strategies as st
+
+    from index_service.vector_file import SCATTERED_RUNS, VectorFile
+    dimension, count = 8, 300
+    matrix = np.random.default_rng(5).standard_normal((count, dimension), dtype=np.float32)
+    vectors = VectorFile(tmp_path / "vectors", dimension, create=True)
+    vectors.reserve(count)
+    vectors.write(np.arange(count), matrix)
+    # Runs of one row and of several, repeats, any order; long enough lists to take the scattered path.
+    rows = st.lists(st.integers(0, count - 1), max_size=3 * SCATTERED_RUNS).map(lambda v: np.asarray(v, np.int64))
+
+    @settings(max_examples=200, deadline=None)
+    @given(rows, st.booleans())
+    def check(asked, announce):
+        vectors.announce_reads = announce
+        got = vectors.read(asked)
+        assert got.shape == (len(asked), dimension) and np.array_equal(got, matrix[asked])
+    check()
+    vectors.announce_reads = True
+    vectors.read(np.arange(0, count, 2))  # scattered, from the page cache: fast, so it stops announcing
+    assert vectors.announce_reads is False
+    vectors.close()
