@@ -75,6 +75,13 @@ class ClusteredStream:
     def queries(self, count: int) -> np.ndarray:
         return self._draw(count, np.random.default_rng((self.seed, 2)))
 
+    def from_noise(self, vectors: np.ndarray) -> np.ndarray:
+        """Which vectors were drawn from the uniform-noise fraction: their cosine to the nearest cluster centre
+        is about 0.15 (a member's is about 0.9). A noise query has no cluster, so its ten nearest are scattered
+        over every inverted list: it is where an ivf index's misses are."""
+        unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        return (unit @ self.centres.T).max(axis=1) < 0.5
+
 
 def exact_top_k(stream: ClusteredStream, queries: np.ndarray, k: int) -> np.ndarray:
     """The exact cosine top k (positions) of each query over the whole stream, scanning it block by block."""

@@ -9,7 +9,8 @@ For each size and kind it prints, then repeats as `name: value` lines at the end
   - memory: the process's resident set (VmRSS) per vector, catalog and everything included, and how much
     of it is file pages mapped into the process (RssFile; the vector file is read with pread, not mapped);
   - disk: bytes per vector of the vector file, the catalog and the snapshots, and their ratio to 4*d;
-  - search: recall@10 against exact search and single queries/s (medians of repeats), and batches of 64;
+  - search: recall@10 against exact search (also split: queries from clusters / from the uniform noise,
+    which no inverted list holds together) and single queries/s (medians of repeats), and batches of 64;
     for ivfpq and hnsw also at other nprobe / efSearch values, asked per call on the same index;
   - restart: seconds from start to SERVING after a clean stop (snapshot load).
 
@@ -172,9 +173,17 @@ def sweep_of(kind: str, args) -> list[tuple[str, int]]:
     return [(name, int(value)) for value in values.split(",") if value]
 
 
-def recall(found, truth: np.ndarray) -> float:
-    return float(np.mean([len({int(h.id) for h in hits if h.id.isdigit()} & set(t.tolist())) / K
-                          for hits, t in zip(found, truth)]))
+def recall(found, truth: np.ndarray, which: np.ndarray | None = None) -> float:
+    """Mean recall@10 over the queries (or over those `which` marks)."""
+    per_query = np.array([len({int(h.id) for h in hits if h.id.isdigit()} & set(t.tolist())) / K
+                          for hits, t in zip(found, truth)])
+    if which is None:
+        return float(per_query.mean())
+    return float(per_query[which].mean()) if which.any() else float("nan")
+
+
+def recall_by_query_kind(found, truth: np.ndarray, noise: np.ndarray) -> str:
+    return f"{recall(found, truth, ~noise):.3f} / {recall(found, truth, noise):.3f}"
 
 
 def peers(size: int, kind: str, args, service_recall: float) -> dict[str, float]:
@@ -258,6 +267,9 @@ def run(size: int, kind: str, args, truth_cache: dict) -> None:
             rate, found = single_queries(client, queries, args.repeats)
             service = {"recall": recall(found, truth_cache[size]), "single": rate}
             say(f"{kind} {size} recall@10", service["recall"])
+            noise = stream.from_noise(queries)
+            say(f"{kind} {size} recall@10 of cluster queries / of the {int(noise.sum())} noise queries",
+                recall_by_query_kind(found, truth_cache[size], noise))
             say(f"{kind} {size} single queries", rate, "queries/s")
             batches, in_batches = [], np.resize(queries, (192, args.dim))  # three batches of 64
             for _ in range(args.repeats):
@@ -271,6 +283,8 @@ def run(size: int, kind: str, args, truth_cache: dict) -> None:
                 rate, found = single_queries(client, queries, args.repeats, {name: value})
                 say(f"{kind} {size} at {name} {value}, recall@10 / single queries/s",
                     f"{recall(found, truth_cache[size]):.3f} / {rate:.4g}")
+                say(f"{kind} {size} at {name} {value}, recall@10 of cluster / noise queries",
+                    recall_by_query_kind(found, truth_cache[size], noise))
         if kind in args.peers.split(",") and size <= args.peer_max_size:
             compare(size, kind, args, service)
         server.stop()

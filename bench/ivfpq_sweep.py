@@ -56,9 +56,7 @@ def main() -> None:
     queries = stream.queries(args.queries)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     truth = np.stack([exact_ten(data @ query) for query in queries])
-    # A query drawn from the uniform-noise fraction has no cluster: its ten nearest are scattered over the
-    # lists. Its cosine to the nearest cluster centre tells it apart (about 0.9 for members, 0.15 for noise).
-    noise_query = (queries @ stream.centres.T).max(axis=1) < 0.5
+    noise_query = stream.from_noise(queries)
     print(f"queries from the noise fraction: {int(noise_query.sum())} of {len(queries)}", flush=True)
     rows = np.arange(len(data), dtype=np.int64)
     for pq_m in args.pq_m:
