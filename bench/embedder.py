@@ -8,7 +8,7 @@ JPEGs like beans, it prints:
   - images/s of the whole pipeline in-process (decode + preprocess + model) and through the service's
     EmbedStream, timed in alternation, and their ratio (median of the rounds' ratios);
   - served images/s through Embed (batches of 32), and with 32 concurrent clients each sending one image
-    per call (dynamic batching);
+    per call (dynamic batching), timed in alternation, and their ratio;
   - p50/p99 latency of single-image calls at light load;
   - preprocessing ms/image, fast path vs AutoImageProcessor, for 500x500 and 3000x2000 JPEGs;
   - draft decoding: the lowest cosine to the bit-faithful path, and its preprocessing speed-up, per image
@@ -36,7 +36,9 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from alternate import alternate, median_ratio  # noqa: E402
 from client import SimilarityClient  # noqa: E402
 from client.local_services import free_port, start_service  # noqa: E402
 from embedder_service.model import EmbeddingModel  # noqa: E402
@@ -154,15 +156,11 @@ def runtime_peers(model: EmbeddingModel, checkpoint: Path, folder: Path, batch: 
             np.sum(unit_rows(vectors) * unit_rows(reference), axis=1).min())
     # In alternation, one pass of each per round: timed in blocks, one run put OpenVINO at 0.84x PyTorch and
     # the next at 1.20x.
-    seconds = {name: [] for name in runs}
-    for _ in range(max(repeats, 7)):
-        for name, run in runs.items():
-            seconds[name].append(median_seconds(run, 1))
+    seconds = alternate(runs, max(repeats, 7))
     for name in runs:
         rate = batch / statistics.median(seconds[name])
         figures[f"runtime_{name}_batch{batch}_images_per_s"] = rate
-        figures[f"ratio_runtime_{name}_vs_torch_fp32"] = statistics.median(
-            a / b for a, b in zip(seconds["torch_fp32"], seconds[name]))
+        figures[f"ratio_runtime_{name}_vs_torch_fp32"] = median_ratio(seconds["torch_fp32"], seconds[name])
         print(f"  {name}: {rate:.2f} images/s at batch {batch}, {figures[f'ratio_runtime_{name}_vs_torch_fp32']:.2f}x "
               f"PyTorch float32, lowest cosine to it {figures[f'runtime_{name}_min_cosine_to_torch_fp32']:.6f}",
               flush=True)
@@ -185,16 +183,11 @@ def pipeline_vs_stream(model: EmbeddingModel, stub, photos: list[bytes], batch: 
         for _ in stub.EmbedStream(requests):
             pass
 
-    rates = {"inprocess_pipeline": [], "served_embedstream": []}
-    for _ in range(max(3, repeats)):
-        for name, action in (("inprocess_pipeline", in_process), ("served_embedstream", embed_stream)):
-            started = time.perf_counter()
-            action()
-            rates[name].append(len(photos) / (time.perf_counter() - started))
-    for name, values in rates.items():
-        figures[f"{name}_images_per_s"] = statistics.median(values)
-    figures["ratio_embedstream_vs_inprocess_pipeline"] = statistics.median(
-        a / b for a, b in zip(rates["served_embedstream"], rates["inprocess_pipeline"]))
+    seconds = alternate({"inprocess_pipeline": in_process, "served_embedstream": embed_stream}, max(3, repeats))
+    for name, values in seconds.items():
+        figures[f"{name}_images_per_s"] = len(photos) / statistics.median(values)
+    figures["ratio_embedstream_vs_inprocess_pipeline"] = median_ratio(
+        seconds["inprocess_pipeline"], seconds["served_embedstream"])
 
 
 def preprocessing_ms(processor, data: bytes, repeats: int) -> dict[str, float]:
@@ -203,10 +196,9 @@ def preprocessing_ms(processor, data: bytes, repeats: int) -> dict[str, float]:
     paths = {"reference": ReferencePreprocessor(processor, LIMITS),
              "fast": make_preprocessor(processor, LIMITS, draft=False),
              "fast_draft": make_preprocessor(processor, LIMITS, draft=True)}
-    calls, times = 10, {name: [] for name in paths}
-    for _ in range(repeats):
-        for name, path in paths.items():
-            times[name].append(median_seconds(lambda: [path(data, "x") for _ in range(calls)], 1))
+    calls = 10
+    times = alternate({name: (lambda path=path: [path(data, "x") for _ in range(calls)])
+                       for name, path in paths.items()}, repeats)
     return {name: 1000 * statistics.median(seconds) / calls for name, seconds in times.items()}
 
 
@@ -220,13 +212,12 @@ def draft_faithfulness(model: EmbeddingModel, name: str, sizes: list[tuple[int, 
         with_draft = model.embed(np.stack([drafted(p, "x") for p in photos]))
         without = model.embed(np.stack([faithful(p, "x") for p in photos]))
         cosines = np.sum(unit_rows(with_draft) * unit_rows(without), axis=1)
-        draft_s, faithful_s = [], []
-        for _ in range(3):
-            draft_s.append(median_seconds(lambda: [drafted(p, "x") for p in photos], 1))
-            faithful_s.append(median_seconds(lambda: [faithful(p, "x") for p in photos], 1))
+        seconds = alternate({"draft": lambda: [drafted(p, "x") for p in photos],
+                             "faithful": lambda: [faithful(p, "x") for p in photos]}, 3)
         key = f"draft_{name}_{width}x{height}"
         figures[f"{key}_min_cosine"] = float(cosines.min())
-        figures[f"{key}_preprocess_speedup"] = statistics.median(faithful_s) / statistics.median(draft_s)
+        figures[f"{key}_preprocess_speedup"] = statistics.median(seconds["faithful"]) / statistics.median(
+            seconds["draft"])
         print(f"  draft {name} {width}x{height}: min cosine {cosines.min():.6f}, preprocessing "
               f"{figures[f'{key}_preprocess_speedup']:.2f}x faster", flush=True)
 
@@ -245,8 +236,12 @@ def served(stub, photos: list[bytes], repeats: int, figures: dict) -> None:
             list(pool.map(lambda p: stub.Embed(embedder_pb2.EmbedRequest(images=[embedder_pb2.Image(data=p)])),
                           photos))
 
-    figures["served_embed_batch32_images_per_s"] = len(photos) / median_seconds(embed_batches, repeats)
-    figures["served_32_concurrent_single_images_per_s"] = len(photos) / median_seconds(concurrent_singles, repeats)
+    seconds = alternate({"served_embed_batch32": embed_batches, "served_32_concurrent_single": concurrent_singles},
+                        max(3, repeats))
+    for name, values in seconds.items():
+        figures[f"{name}_images_per_s"] = len(photos) / statistics.median(values)
+    figures["ratio_32_concurrent_single_vs_batch32"] = median_ratio(
+        seconds["served_embed_batch32"], seconds["served_32_concurrent_single"])
     latencies = []
     for photo in photos[:max(20, len(photos) // 2)]:
         started = time.perf_counter()
@@ -357,8 +352,6 @@ def main() -> None:
 
     figures["ratio_embedstream_vs_bare_model_batch32"] = (figures["served_embedstream_images_per_s"]
                                                           / figures["bare_model_batch32_images_per_s"])
-    figures["ratio_32_concurrent_single_vs_batch32"] = (figures["served_32_concurrent_single_images_per_s"]
-                                                        / figures["served_embed_batch32_images_per_s"])
     figures["ratio_index_dataset_vs_writeup_map"] = (figures["client_index_dataset_images_per_s"]
                                                      / figures["writeup_dataset_map_images_per_s"])
     print("\nsummary")

@@ -35,7 +35,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from alternate import alternate, median_ratio  # noqa: E402
 from client import SimilarityClient  # noqa: E402
 from client.local_services import free_port  # noqa: E402
 from imgsim import vectors  # noqa: E402
@@ -68,22 +70,20 @@ WARM_CALLS = 10
 
 
 def interleaved_ms(actions: dict, calls: int, repeats: int) -> dict[str, list[float]]:
-    """ms per call of each action, one list entry per round; every round runs every action once."""
-    timings = {name: [] for name in actions}
-    for _ in range(repeats):
-        for name, action in actions.items():
-            time.sleep(SETTLE_S)
-            for n in range(min(WARM_CALLS, calls)):
-                action(n)
-            started = time.perf_counter()
+    """ms per call of each action (given the call's number), one list entry per round."""
+    def warm(name: str) -> None:
+        time.sleep(SETTLE_S)
+        for n in range(min(WARM_CALLS, calls)):
+            actions[name](n)
+
+    def calls_of(action):
+        def timed():
             for n in range(calls):
                 action(n)
-            timings[name].append(1000 * (time.perf_counter() - started) / calls)
-    return timings
+        return timed
 
-
-def median_ratio(numerators: list[float], denominators: list[float]) -> float:
-    return statistics.median(a / b for a, b in zip(numerators, denominators))
+    seconds = alternate({name: calls_of(action) for name, action in actions.items()}, repeats, before=warm)
+    return {name: [1000 * s / calls for s in values] for name, values in seconds.items()}
 
 
 def serving(process: subprocess.Popen, address: str) -> None:
