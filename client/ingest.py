@@ -16,8 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
+
 from client.images import encoded
 from client.results import IndexReport
+from imgsim import vectors
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 WRITE_BATCH = 1024
@@ -187,7 +190,9 @@ class Writer:
                 continue
             fingerprint, rows = batch
             try:
-                report = self.client._write(self.collection, fingerprint, rows)
+                packed = np.frombuffer(b"".join(row[1] for row in rows), dtype=vectors.WIRE_DTYPE)
+                report = self.client._write(self.collection, fingerprint, [row[0] for row in rows],
+                                            packed.reshape(len(rows), -1), [row[2] for row in rows])
                 self.inserted += report.inserted
                 self.replaced += report.replaced
             except BaseException as err:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import grpc
+import numpy as np
 
 from client.errors import ImgsimError, Unavailable, translated_errors
 from client.filters import fill_metadata
@@ -69,11 +70,19 @@ class UpsertTotals:
     count: int = 0
 
 
-def upsert_calls(rows: Sequence[tuple], positions: list[int], row_bytes: int) -> Iterator[list[int]]:
+def upsert_calls(positions: list[int], row_bytes: int) -> Iterator[list[int]]:
     """Positions grouped into calls the index accepts whole."""
     per_call = max(1, min(UPSERT_CALL_ITEMS, UPSERT_CALL_BYTES // max(row_bytes, 1)))
     for start in range(0, len(positions), per_call):
         yield positions[start:start + per_call]
+
+
+def rows_bytes(packed: np.ndarray, positions: list[int]) -> bytes:
+    """The rows at `positions`, as one string of bytes: a slice when they are consecutive (one index, the
+    common case), gathered otherwise."""
+    if positions and positions[-1] - positions[0] + 1 == len(positions):
+        return packed[positions[0]:positions[-1] + 1].tobytes()
+    return packed[positions].tobytes()
 
 
 class ShardedIndex:
@@ -109,24 +118,26 @@ class ShardedIndex:
                 answers.append((shard, answer()))
         return answers
 
-    def upsert(self, collection: str, fingerprint: str, rows: Sequence[tuple[str, bytes, dict]]) -> UpsertTotals:
-        """Writes each (id, packed vector, metadata) row to its shard, in atomic calls, shards in parallel."""
-        row_bytes = len(rows[0][1]) if rows else 0
+    def upsert(self, collection: str, fingerprint: str, ids: Sequence[str], packed: np.ndarray,
+               metadata: Sequence[dict]) -> UpsertTotals:
+        """Writes items (ids, their vectors as rows of little-endian float32, metadata) each to its shard, in
+        atomic calls, shards in parallel."""
+        row_bytes = packed.shape[1] * packed.itemsize
         per_message = max(1, min(MAX_ITEMS_PER_MESSAGE, UPSERT_MESSAGE_BYTES // max(row_bytes, 1)))
 
         def messages(positions: list[int]):
             """Columns (ItemBatch): no message per item to build here or to parse in the index."""
             for start in range(0, len(positions), per_message):
-                part = [rows[p] for p in positions[start:start + per_message]]
-                batch = index_pb2.ItemBatch(ids=[row[0] for row in part], vectors=b"".join(row[1] for row in part))
-                if any(row[2] for row in part):
-                    for row in part:
-                        fill_metadata(batch.metadata.add(), row[2])
+                part = positions[start:start + per_message]
+                batch = index_pb2.ItemBatch(ids=[ids[p] for p in part], vectors=rows_bytes(packed, part))
+                if any(metadata[p] for p in part):
+                    for p in part:
+                        fill_metadata(batch.metadata.add(), metadata[p])
                 yield index_pb2.UpsertRequest(model_fingerprint=fingerprint, collection=collection, batch=batch)
 
         totals = UpsertTotals()
-        pending: dict[int, list] = {n: list(upsert_calls(rows, positions, row_bytes))
-                                    for n, positions in self._by_shard([row[0] for row in rows]).items()}
+        pending: dict[int, list] = {n: list(upsert_calls(positions, row_bytes))
+                                    for n, positions in self._by_shard(ids).items()}
         in_flight: list[tuple[Shard, int, object]] = []
         counts = {}
         written = 0
@@ -149,7 +160,7 @@ class ShardedIndex:
         except ImgsimError as err:
             for _, _, call in in_flight:
                 call.cancel()
-            err.args = (f"{err.args[0]} ({written} of {len(rows)} items were stored before; each call of at most "
+            err.args = (f"{err.args[0]} ({written} of {len(ids)} items were stored before; each call of at most "
                         f"{UPSERT_CALL_ITEMS} items is stored whole or not at all, so resending is safe)",)
             raise
         totals.count = sum(counts.values()) if len(counts) == len(self.shards) else \
