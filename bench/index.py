@@ -238,6 +238,7 @@ def run(size: int, kind: str, args, truth_cache: dict) -> None:
     try:
         server.start()
         print("    snapshot policy: the default (--snapshot-every 100000 or a quarter of the collection)")
+        say(f"{kind} {size} server flags besides the defaults", " ".join(args.server_flag) or "none")
         with SimilarityClient(index=server.address, timeout=600) as client:
             probe = Probe(server.address, args.dim)
             probe.start()

@@ -39,7 +39,8 @@ PARAM_RANGES: dict[str, tuple[int, int, str, str]] = {
     "hnsw_ef_construction": (8, 4096, "hnsw", "candidate list while building"),
     "hnsw_ef_search": (1, 32768, "hnsw", "candidate list while searching (higher: better recall, slower)"),
     "ivf_nlist": (1, 65536, "ivfpq", "inverted lists; trained in the background once max(39 x nlist, 9984) "
-                  "vectors are in (exact search until then)"),
+                  "vectors are in (exact search until then) and fixed from then on: about N/1000 for the N items "
+                  "a collection will hold (1024 fits about 1M)"),
     "ivf_nprobe": (1, 65536, "ivfpq", "lists visited per query (capped at nlist)"),
     "pq_m": (1, 1024, "ivfpq", "sub-quantizers per vector, 4 bits each (pq_m/2 bytes per code; the largest "
              "divisor of the dimension not above it is used)"),
