@@ -27,6 +27,8 @@ BENCHES = {
                      "pq_m 32 nprobe 8 candidates 100 ms per single query (codes only, one thread)"]),
     "cold_reads": (["bench/cold_reads.py", "--file-rows", "20000", "--repeats", "1"],
                    ["warm_plain_ms_per_1000_rows", "warm_announced_ms_per_1000_rows", "warm_ratio_plain_over_announced"]),
+    "client_upsert": (["bench/client_upsert.py", "--vectors", "2000", "--repeats", "1", "--dim", "64"],
+                      ["client_cpu_us_per_vector", "upsert_vectors_per_s"]),
     "gpu": (["bench/gpu.py", "--dry-run"],
             ["matmul_peak_tflops", "model_only_bf16_efficiency_vs_matmul_peak", "end_to_end_embedstream_2_streams_images_per_s"]),
     "embedder": (["bench/embedder.py", "--quick", "--images", "8", "--repeats", "1"],
