@@ -428,6 +428,22 @@ def write_rows(structure, rows: np.ndarray, x: np.ndarray, ended: np.ndarray) ->
     structure.publish(structure.stage(rows, x, no_lock), ended)
 
 
+def test_a_live_bitmap_selects_its_set_bits_and_nothing_past_its_end():
+    """FAISS's IDSelectorBitmap takes its size in bytes; given the number of flags it read past the array, and
+    hnsw searches during a background insertion returned a row from the graph and again from the tail. The
+    bits sit here in front of bytes of all ones, so a selector that reads past them selects ids it must not."""
+    from index_service.kinds.base import bitmap, selector
+    rng = np.random.default_rng(3)
+    for count in (1, 7, 8, 9, 30, 64, 1000):
+        flags = rng.random(count) < 0.5
+        packed = bitmap(flags)
+        memory = np.full(len(packed) + 1024, 0xFF, dtype=np.uint8)
+        memory[:len(packed)] = packed
+        chosen = selector(memory[:len(packed)])
+        assert [chosen.is_member(i) for i in range(8 * len(memory))] == \
+            flags.tolist() + [False] * (8 * len(memory) - count)
+
+
 def test_leaf_shares_follow_the_roots_members_within_their_bounds():
     from index_service.kinds.ivfpq import leaf_shares
     rng = np.random.default_rng(5)

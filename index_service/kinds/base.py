@@ -9,6 +9,7 @@ ended rows out), so no search sees half of one.
 from contextlib import AbstractContextManager
 from typing import Callable, ClassVar
 
+import faiss
 import numpy as np
 
 from index_service.config import KindParams
@@ -158,3 +159,11 @@ def no_lock() -> AbstractContextManager:
 def bitmap(flags: np.ndarray) -> np.ndarray:
     """A bool array as the little-endian packed bits FAISS's IDSelectorBitmap reads."""
     return np.packbits(flags, bitorder="little")
+
+
+def selector(bits: np.ndarray) -> faiss.IDSelectorBitmap:
+    """Selects the ids whose bit is set in `bits` (from `bitmap`); ids past its end are not selected. Built from
+    the array itself, so FAISS's size is its length in bytes and the selector holds a reference to it: given
+    the number of flags instead, it read up to eight times past the array, and a search during a graph
+    insertion (nodes beyond a cached bitmap) returned whatever those bytes said."""
+    return faiss.IDSelectorBitmap(bits)

@@ -15,7 +15,7 @@ import faiss
 import numpy as np
 
 from index_service.arrays import unique
-from index_service.kinds.base import TAIL_LIMIT, Result, Structure, bitmap, no_lock
+from index_service.kinds.base import TAIL_LIMIT, Result, Structure, bitmap, no_lock, selector
 from index_service.exact import exact_from_file, merge, unit_rows
 
 # Nodes inserted per hold of the exclusive lock: FAISS's graph may not be searched while it grows.
@@ -218,8 +218,7 @@ class HnswStructure(Structure):
             bits = bitmap(flags & self.node_live)
         if self.graph.ntotal == 0:
             return np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
-        params = faiss.SearchParametersHNSW(efSearch=max(ef_search, k),
-                                            sel=faiss.IDSelectorBitmap(len(self.node_live), faiss.swig_ptr(bits)))
+        params = faiss.SearchParametersHNSW(efSearch=max(ef_search, k), sel=selector(bits))
         scores, nodes = self.graph.search(queries, k, params=params)
         rows = np.where(nodes >= 0, self.node_row[np.maximum(nodes, 0)], -1)
         scores[rows < 0] = -np.inf

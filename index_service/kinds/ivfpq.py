@@ -16,7 +16,7 @@ import faiss
 import numpy as np
 
 from index_service.arrays import unique
-from index_service.kinds.base import TAIL_LIMIT, Result, Structure, bitmap, no_lock
+from index_service.kinds.base import TAIL_LIMIT, Result, Structure, bitmap, no_lock, selector
 from index_service.exact import empty_result, exact_from_file, merge, search_raw
 
 PQ_BITS = 4
@@ -369,7 +369,7 @@ class IvfPqStructure(Structure):
         if self.trained and self.lists.ntotal:
             bits = self._live_selector(allowed)
             probe = faiss.SearchParametersIVF(nprobe=min(params.ivf_nprobe, self.lists.nlist),
-                                              sel=faiss.IDSelectorBitmap(len(self.live), faiss.swig_ptr(bits)))
+                                              sel=selector(bits))
             _, candidates = self.lists.search(queries, k * params.rerank_factor, params=probe)
             best = merge(best, rerank(self.vectors, queries, candidates, k), k)
         return best
