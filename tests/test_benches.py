@@ -4,6 +4,7 @@ working. Only that they run and print their summary is checked here: speed is ne
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -39,13 +40,29 @@ BENCHES = {
 }
 
 
+@pytest.fixture(scope="module")
+def runs(request):
+    """Every selected bench starts at once, two at a time: they spend much of their time starting processes,
+    loading models and waiting for servers, so two side by side take about 0.7x the time of one after the
+    other, and speed is not what these tests judge."""
+    selected = [item.callspec.params["name"] for item in request.session.items
+                if item.module is request.module and hasattr(item, "callspec")]
+    selected.sort(key=lambda name: name not in ("embedder", "index", "gpu"))  # the long ones first
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        yield {name: pool.submit(run_bench, name) for name in selected}
+
+
+def run_bench(name: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *BENCHES[name][0]], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
 @pytest.mark.parametrize("name", list(BENCHES))
-def test_the_bench_runs_and_prints_its_summary(name):
-    command, expected = BENCHES[name]
-    done = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True, timeout=300)
+def test_the_bench_runs_and_prints_its_summary(name, runs):
+    done = runs[name].result()
     assert done.returncode == 0, done.stderr[-3000:]
     summary = done.stdout.split("\nsummary\n", 1)[-1]
     figures = dict(line.split(": ", 1) for line in summary.splitlines() if ": " in line)
-    for key in expected:
+    for key in BENCHES[name][1]:
         assert key in figures, (key, sorted(figures)[:20])
         assert re.match(r"^-?[\d.]+(e[+-]?\d+)?( |$)", figures[key]), (key, figures[key])
