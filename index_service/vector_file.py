@@ -187,12 +187,14 @@ class VectorFile:
         return out
 
     def scan(self, rows: np.ndarray, chunk_rows: int | None = None):
-        """Yields (rows, raw matrix) for sorted `rows` in chunks, reading whole spans sequentially."""
+        """Yields (rows, raw matrix) for sorted, distinct `rows` in chunks, reading whole spans sequentially."""
         chunk_rows = chunk_rows or max(1, SEQUENTIAL_CHUNK // self.row_bytes)
         for start in range(0, len(rows), chunk_rows):
             part = rows[start:start + chunk_rows]
             first, last = int(part[0]), int(part[-1])
-            if last - first + 1 <= 2 * len(part):
+            if last - first + 1 == len(part):  # consecutive rows (a bulk load's tail): no gather
+                yield part, self.read_range(first, len(part))
+            elif last - first + 1 <= 2 * len(part):
                 span = self.read_range(first, last - first + 1)
                 yield part, span[part - first]
             else:

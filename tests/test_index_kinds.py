@@ -206,6 +206,27 @@ def test_encoded_codes_appended_equal_faiss_add_with_ids_even_where_its_merge_ov
     assert np.array_equal(appended.search(data[:50], 10)[1], expected.search(data[:50], 10)[1])
 
 
+def test_blocks_packed_by_numpy_equal_faiss_code_packer_and_unpack_back():
+    import faiss
+
+    from index_service.kinds.ivfpq import pack_blocks, unpack_blocks
+    rng = np.random.default_rng(4)
+    for dimension, parts in ((32, 16), (30, 15), (64, 32), (96, 48), (768, 384)):
+        quantizer = faiss.IndexFlatIP(dimension)
+        lists = faiss.IndexIVFPQFastScan(quantizer, dimension, 1, parts, 4, faiss.METRIC_INNER_PRODUCT)
+        lists.train(rng.standard_normal((300, dimension)).astype(np.float32))
+        target = faiss.downcast_InvertedLists(lists.invlists)
+        packer = target.packer
+        codes = rng.integers(0, 256, (96, packer.code_size), dtype=np.uint8)
+        if parts % 2:
+            codes[:, -1] &= 15  # an odd number of parts leaves the last byte's high nibble unused
+        expected = np.zeros((3, target.block_size), dtype=np.uint8)
+        for block in range(3):
+            packer.pack_all(faiss.swig_ptr(codes[32 * block:]), faiss.swig_ptr(expected[block]))
+        assert np.array_equal(pack_blocks(codes), expected), (dimension, parts)
+        assert np.array_equal(unpack_blocks(expected, packer.code_size), codes), (dimension, parts)
+
+
 def test_appending_to_a_list_holding_a_multiple_of_block_size_entries_keeps_the_heap_intact():
     """The geometry that makes FAISS's merge_from abort (glibc: malloc assertion failure), in a process of its
     own: one list of 6144 entries, 16 appended, five times over, with allocations in between."""

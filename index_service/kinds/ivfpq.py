@@ -167,33 +167,72 @@ def encode(lists: faiss.IndexIVFPQFastScan, tree: CoarseTree, unit: np.ndarray, 
     return Encoded(list_nos[order], np.asarray(rows, dtype=np.int64)[order], codes[order])
 
 
+# FAISS's order of a block's 32 codes within each 16-byte half of a column (pq4_pack_codes, for blocks of 32).
+BLOCK_ORDER = np.array([0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15])
+BLOCK_CODES = 32
+
+
+def pack_blocks(codes: np.ndarray) -> np.ndarray:
+    """Flat 4-bit PQ codes (n x code_size bytes, n a multiple of 32) in FAISS's fast-scan block layout, one
+    row of bytes per block: for each byte column of the codes, 32 bytes holding its low nibbles of the 32 codes,
+    then its high nibbles, two codes per byte in BLOCK_ORDER. What CodePacker.pack_all writes (a test checks
+    it), for all blocks in a few array operations instead of a FAISS call per block."""
+    blocks = codes.reshape(-1, BLOCK_CODES, codes.shape[1])
+    low, high = blocks & 15, blocks >> 4
+    halves = np.concatenate([low[:, BLOCK_ORDER] | (low[:, BLOCK_ORDER + 16] << 4),
+                             high[:, BLOCK_ORDER] | (high[:, BLOCK_ORDER + 16] << 4)], axis=1)
+    return np.ascontiguousarray(halves.transpose(0, 2, 1)).reshape(len(blocks), -1)
+
+
+def unpack_blocks(blocks: np.ndarray, code_size: int) -> np.ndarray:
+    """The inverse of pack_blocks: (n_blocks x block bytes) to (32 n_blocks x code_size) flat codes."""
+    halves = blocks.reshape(len(blocks), code_size, BLOCK_CODES).transpose(0, 2, 1)
+    low = np.empty((len(blocks), BLOCK_CODES, code_size), dtype=np.uint8)
+    high = np.empty_like(low)
+    for nibbles, half in ((low, halves[:, :16]), (high, halves[:, 16:])):
+        nibbles[:, BLOCK_ORDER] = half & 15
+        nibbles[:, BLOCK_ORDER + 16] = half >> 4
+    return (low | (high << 4)).reshape(-1, code_size)
+
+
 def append_encoded(lists: faiss.IndexIVFPQFastScan, encoded: Encoded) -> None:
     """Appends codes to their inverted lists, packing FAISS's blocks of 32 codes here (under the exclusive
-    lock: O(batch)). Not FAISS's merge_from or add_entries: when a list already holds a multiple of
+    lock: O(batch)). A list's last, partly filled block is unpacked and packed again with the new codes, all
+    lists' blocks together. Not FAISS's merge_from or add_entries: when a list already holds a multiple of
     block_size entries they copy a whole list's blocks past the end of the destination (heap corruption: it
     crashed the index at about 1.3M vectors)."""
+    if not len(encoded.rows):
+        return
     target = faiss.downcast_InvertedLists(lists.invlists)
-    packer, block_bytes = target.packer, target.block_size
-    per_block, code_size = packer.nvec, packer.code_size
+    block_bytes, code_size = target.block_size, target.packer.code_size
+    if target.packer.nvec != BLOCK_CODES:
+        raise RuntimeError(f"fast-scan blocks of {target.packer.nvec} codes; this packing knows {BLOCK_CODES}")
     starts = np.flatnonzero(np.diff(encoded.list_nos, prepend=-1))
-    for start, end in zip(starts, np.append(starts[1:], len(encoded.list_nos))):
-        list_no, count = int(encoded.list_nos[start]), int(end - start)
-        held = target.list_size(list_no)
-        first_block, partial = divmod(held, per_block)
-        codes = encoded.codes[start:end]
-        if partial:  # the last block is repacked with the codes it already holds
-            existing = np.empty((per_block, code_size), dtype=np.uint8)
-            old_blocks = faiss.rev_swig_ptr(target.get_codes(list_no), (first_block + 1) * block_bytes)
-            packer.unpack_all(faiss.swig_ptr(old_blocks[first_block * block_bytes:]), faiss.swig_ptr(existing))
-            codes = np.concatenate([existing[:partial], codes])
-        target.resize(list_no, held + count)
-        faiss.rev_swig_ptr(target.get_ids(list_no), held + count)[held:] = encoded.rows[start:end]
-        blocks = -(-len(codes) // per_block)
-        padded = np.zeros((blocks * per_block, code_size), dtype=np.uint8)
-        padded[:len(codes)] = codes
-        out = faiss.rev_swig_ptr(target.get_codes(list_no), (first_block + blocks) * block_bytes)
-        for b in range(blocks):
-            packer.pack_all(faiss.swig_ptr(padded[b * per_block:]), faiss.swig_ptr(out[(first_block + b) * block_bytes:]))
+    counts = np.diff(np.append(starts, len(encoded.rows)))
+    list_nos = encoded.list_nos[starts]
+    held = np.array([target.list_size(int(list_no)) for list_no in list_nos], dtype=np.int64)
+    first_block, partial = np.divmod(held, BLOCK_CODES)
+    blocks = -(-(partial + counts) // BLOCK_CODES)  # blocks written per list, its partial one first
+    block_at = np.cumsum(blocks) - blocks
+    merged = np.zeros((int(blocks.sum()) * BLOCK_CODES, code_size), dtype=np.uint8)
+    filled = np.flatnonzero(partial)
+    if len(filled):
+        last = np.stack([faiss.rev_swig_ptr(target.get_codes(int(list_nos[i])), (int(first_block[i]) + 1) * block_bytes)
+                         [int(first_block[i]) * block_bytes:] for i in filled])
+        existing = unpack_blocks(last, code_size).reshape(len(filled), BLOCK_CODES, code_size)
+        owner = np.repeat(np.arange(len(filled)), partial[filled])
+        slot = np.arange(len(owner)) - np.repeat(np.cumsum(partial[filled]) - partial[filled], partial[filled])
+        merged[block_at[filled][owner] * BLOCK_CODES + slot] = existing[owner, slot]
+    segment = np.repeat(np.arange(len(starts)), counts)
+    slot = np.arange(len(segment)) - starts[segment] + partial[segment]
+    merged[block_at[segment] * BLOCK_CODES + slot] = encoded.codes
+    packed = pack_blocks(merged)
+    for i, list_no in enumerate(list_nos.tolist()):
+        size, end = int(held[i] + counts[i]), int(first_block[i] + blocks[i])
+        target.resize(list_no, size)
+        faiss.rev_swig_ptr(target.get_ids(list_no), size)[held[i]:] = encoded.rows[starts[i]:starts[i] + counts[i]]
+        faiss.rev_swig_ptr(target.get_codes(list_no), end * block_bytes)[first_block[i] * block_bytes:] = \
+            packed[block_at[i]:block_at[i] + blocks[i]].ravel()
     lists.ntotal += len(encoded.rows)
 
 
