@@ -104,19 +104,23 @@ class Maintenance:
         c = self.collection
         structure = c.structure
         started = time.monotonic()
-        with c.lock.shared():
-            live = c.live_rows().copy()
-        sample_rows = np.sort(np.random.default_rng(0).choice(live, min(len(live), MAX_TRAINING_SAMPLE),
-                                                              replace=False))
+        c.training = True  # large writes wait past TAIL_LIMIT (see has_room_for)
         try:
-            trained = structure.train(self._unit(sample_rows))
-        except RuntimeError as err:
-            self.train_failed_at = time.monotonic()
-            log.error("collection %r: ivfpq training failed (%s); searches stay exact, retrying in %.0f s",
-                      c.name, err, TRAIN_RETRY_S)
-            return
-        with c.lock.exclusive():
-            structure.install(trained)
+            with c.lock.shared():
+                live = c.live_rows().copy()
+            sample_rows = np.sort(np.random.default_rng(0).choice(live, min(len(live), MAX_TRAINING_SAMPLE),
+                                                                  replace=False))
+            try:
+                trained = structure.train(self._unit(sample_rows))
+            except RuntimeError as err:
+                self.train_failed_at = time.monotonic()
+                log.error("collection %r: ivfpq training failed (%s); searches stay exact, retrying in %.0f s",
+                          c.name, err, TRAIN_RETRY_S)
+                return
+            with c.lock.exclusive():
+                structure.install(trained)
+        finally:
+            c.training = False
         log.info("collection %r: ivfpq trained on %d vectors in %.1f s; %d rows wait for their codes",
                  c.name, len(sample_rows), time.monotonic() - started, structure.pending())
 

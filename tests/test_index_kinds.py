@@ -433,6 +433,48 @@ def test_a_small_write_never_waits_behind_a_bulk_load_that_outruns_the_backgroun
         running.stop(0)
 
 
+def test_a_bulk_load_waits_while_ivfpq_lists_train_so_searches_never_scan_an_unbounded_tail(tmp_path, monkeypatch):
+    """Until its lists are trained ivfpq can take no row into them; at 10M a bulk load went on during the
+    training and left 606k rows (1.8 GB) for every search to scan exactly. Large writes now wait while the
+    lists train (slowed here to a few seconds, as at 768-d under load), one-item writes go through."""
+    import threading
+
+    from index_service import collection
+    from index_service.kinds.ivfpq import IvfPqStructure
+    limit = 2048
+    monkeypatch.setattr(collection, "TAIL_LIMIT", limit)
+    train = IvfPqStructure.train
+    monkeypatch.setattr(IvfPqStructure, "train", lambda self, sample: (time.sleep(2.5), train(self, sample))[1])
+    params = KindParams(hnsw_m=32, hnsw_ef_construction=200, ivf_nlist=16, ivf_nprobe=16, pq_m=32)
+    running = start_index(tmp_path / "data", index_kind="ivfpq", kind_params=params)
+    idx = Index(running.port)
+    bulk, per_call = clustered(45000, 64, seed=6), 1500
+    try:
+        loading = threading.Thread(target=lambda: [  # a call every 0.1 s: 25 in the training's 2.5 s
+            (idx.upsert([f"b{i}" for i in range(start, start + per_call)], bulk[start:start + per_call]),
+             time.sleep(0.1)) for start in range(0, len(bulk), per_call)])
+        loading.start()
+        seen, probes = [], 0
+        while loading.is_alive():
+            idx.upsert([f"p{probes}"], random_vector(64, probes))
+            probes += 1
+            stats = idx.stats()
+            seen.append((stats.trained, stats.pending))
+            time.sleep(0.02)
+        loading.join()
+        training_size = max(39 * params.ivf_nlist, 9984)
+        training = [pending for trained, pending in seen if not trained and pending > training_size]
+        assert len(training) >= 10  # one-item writes went on while the lists trained...
+        # ...bulk calls waited (a few land before the maintenance, polling every 0.5 s, starts training)...
+        assert max(training) - min(training) <= 8 * per_call + len(training)
+        assert max(training) < len(bulk)  # ...with most of the load still to come
+        wait_for(lambda: idx.stats().trained and idx.stats().pending == 0)
+        assert idx.stats().count == len(bulk) + probes
+    finally:
+        idx.close()
+        running.stop(0)
+
+
 def random_vector(dimension: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((1, dimension)).astype(np.float32)
 
