@@ -164,6 +164,8 @@ def single_queries(client: SimilarityClient, queries: np.ndarray, repeats: int,
         started = time.perf_counter()
         found = [client.search_vectors(q, k=K, fingerprint=FP, params=params)[0] for q in queries]
         rates.append(len(queries) / (time.perf_counter() - started))
+    print(f"    single queries/s of each pass{f' at {params}' if params else ''}: "
+          + " / ".join(f"{rate:.4g}" for rate in rates), flush=True)  # a cold page cache shows in the first
     return statistics.median(rates), found
 
 
