@@ -18,11 +18,11 @@ def norms(matrix: np.ndarray) -> np.ndarray:
     return np.sqrt(np.einsum("ij,ij->i", matrix, matrix, dtype=np.float64))
 
 
-def unit_rows(matrix: np.ndarray, row_norms: np.ndarray | None = None) -> np.ndarray:
-    """Rows scaled to length 1; the norms (given, or computed in float64) must lie in [MIN_NORM, MAX_NORM],
-    where the float32 reciprocal and product are exact to a few units in the last place."""
+def unit_rows(matrix: np.ndarray, row_norms: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    """Rows scaled to length 1 (into `out` when given); the norms (given, or computed in float64) must lie in
+    [MIN_NORM, MAX_NORM], where the float32 reciprocal and product are exact to a few units in the last place."""
     row_norms = norms(matrix) if row_norms is None else row_norms
-    return np.asarray(matrix, dtype=np.float32) * (1.0 / row_norms).astype(np.float32)[:, None]
+    return np.multiply(np.asarray(matrix, dtype=np.float32), (1.0 / row_norms).astype(np.float32)[:, None], out=out)
 
 
 def empty_result(n_queries: int, k: int) -> tuple[np.ndarray, np.ndarray]:

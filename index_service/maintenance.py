@@ -11,7 +11,7 @@ import numpy as np
 from index_service.arrays import difference, union
 from index_service.catalog import NewRecords
 from index_service.id_table import id_hashes
-from index_service.exact import norms, unit_rows
+from index_service.exact import unit_rows
 from index_service.kinds.ivfpq import MAX_TRAINING_SAMPLE, training_size
 from index_service.vector_file import crc32_rows
 
@@ -130,7 +130,7 @@ class Maintenance:
         out = np.empty((len(rows), self.collection.dimension), dtype=np.float32)
         at = 0
         for part, raw in self.collection.vectors.scan(rows):
-            np.multiply(raw, (1.0 / norms(raw)).astype(np.float32)[:, None], out=out[at:at + len(part)])
+            unit_rows(raw, out=out[at:at + len(part)])
             at += len(part)
         return out
 
