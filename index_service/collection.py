@@ -32,7 +32,7 @@ from index_service.loading import check_catalog_complete, load_memory
 from index_service.locks import ReadWriteLock
 from index_service.rows import RowAllocator
 from index_service.vector_file import VectorFile, crc32_rows, read_header
-from index_service.writes import WriteOp, Writer
+from index_service.writes import SMALL_WRITE, WriteOp, Writer  # SMALL_WRITE: never waits for the tail either
 
 log = logging.getLogger(__name__)
 # A filter this selective is answered by an exact scan of the rows it allows, even on approximate kinds:
@@ -46,7 +46,6 @@ QUICK_SEARCH_FLOATS = 1 << 23
 CATALOG_FILE = "catalog.sqlite3"
 VECTOR_FILE = "vectors.f32"
 SNAPSHOTS = "snapshots"
-SMALL_WRITE = 1024  # items: a write this small never waits for the background tail (see has_room_for)
 
 
 @dataclass(frozen=True)
