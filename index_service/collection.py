@@ -576,13 +576,19 @@ class Collection:
                 self.catalog.vacuum()
                 return False
             with self.lock.shared():
-                arrays, blobs, info = self.structure.state()
-                for name, array in self.ids.state().items():
-                    arrays[f"ids_{name}"] = array.copy()
+                finish = self.structure.capture()
+                arrays = {f"ids_{name}": array.copy() for name, array in self.ids.state().items()}
                 arrays["damaged"] = np.fromiter(sorted(self.damaged), np.int64)
             released = self.rows.awaiting_snapshot.copy()
             changes = self.changes_since_snapshot
         started = time.monotonic()
+        state = finish(self.lock.shared)  # writes go on: what the structure copies now is as it was at `seq`
+        if state is None:
+            log.info("collection %r: snapshot %d given up (compaction moved entries meanwhile); the next round "
+                     "takes one", self.name, seq)
+            return False
+        structure_arrays, blobs, info = state
+        arrays |= structure_arrays
         info.update(kind=self.kind, dimension=self.dimension, fingerprint=self.fingerprint, count=len(arrays))
         snapshot.write(self.folder / SNAPSHOTS, seq, info, arrays, blobs)
         with self.write_mutex:

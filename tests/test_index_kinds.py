@@ -563,6 +563,89 @@ def test_a_snapshot_keeps_the_coarse_tree_and_an_older_one_without_it_assigns_ex
     assert np.array_equal(flat.tree.assign(x), np.argmax(x @ structure.tree.leaves.T, axis=1))
 
 
+def list_entries(structure) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each list's ids and its codes as stored (whole blocks of 32, the slots past its size included)."""
+    import faiss
+
+    from index_service.kinds.ivfpq import BLOCK_CODES
+    lists = faiss.downcast_InvertedLists(structure.lists.invlists)
+    entries = []
+    for list_no in range(structure.lists.nlist):
+        size = lists.list_size(list_no)
+        blocks = -(-size // BLOCK_CODES)
+        codes = faiss.rev_swig_ptr(lists.get_codes(list_no), blocks * lists.block_size) if size else np.zeros(0, np.uint8)
+        entries.append((faiss.rev_swig_ptr(lists.get_ids(list_no), size).copy() if size else np.zeros(0, np.int64),
+                        codes.copy()))
+    return entries
+
+
+def test_a_snapshot_copies_ivfpq_lists_in_pieces_while_writes_append_and_restores_the_captured_state(
+        tmp_path, monkeypatch):
+    """Writes wait only while a snapshot takes each list's size; the lists are copied afterwards, a few per
+    hold of the shared lock, while writes append codes (filling the last blocks the copy reads). The restored
+    lists must hold exactly what they held at the capture, entry for entry, and answer alike; a purge in
+    between gives the capture up."""
+    from contextlib import contextmanager
+
+    from index_service.kinds import ivfpq
+    from index_service.vector_file import VectorFile
+    monkeypatch.setattr(ivfpq, "SNAPSHOT_HOLD_BYTES", 1)  # one list per hold
+    dimension, rng = 16, np.random.default_rng(5)
+    x = unit_vectors(rng, 12_000, dimension)
+    vectors = VectorFile(tmp_path / "vectors", dimension, create=True)
+    structure = ivfpq.IvfPqStructure(dimension, KindParams(ivf_nlist=64, pq_m=8), vectors)
+    write_rows(structure, np.arange(10_000), x[:10_000], np.zeros(0, np.int64))
+    structure.install(structure.train(x[:10_000]))
+    structure.absorb_tail(structure.prepare_tail(np.arange(9_000), x[:9_000]), no_lock)
+    arrays, _, info = structure.state()
+    flags = {name: a.copy() for name, a in arrays.items() if not name.startswith("lists_")}
+    frozen = ivfpq.IvfPqStructure.restore(dimension, structure.params, vectors, flags,  # as FAISS serializes it
+                                          {"lists.faiss": faiss_bytes(structure.lists)}, info)
+    expected = list_entries(frozen)
+    assert any(len(ids) % 32 for ids, _ in expected) and structure.lists.ntotal == 9_000
+
+    finish = structure.capture()
+    later = iter(np.array_split(np.arange(9_000, 12_000), 40))
+    holds = 0
+
+    def a_write():  # codes appended, an older coded row ended
+        rows = next(later, None)
+        if rows is not None:
+            write_rows(structure, rows, x[rows], rows[:1] - 9_000)
+            structure.absorb_tail(structure.prepare_tail(rows, x[rows]), no_lock)
+
+    @contextmanager
+    def shared_while_writes_go_on():
+        nonlocal holds
+        holds += 1
+        a_write()  # between two holds
+        yield
+    a_write()  # before the copying starts
+    arrays, blobs, info = finish(shared_while_writes_go_on)
+    assert holds > 40 and structure.lists.ntotal == 12_000
+    restored = ivfpq.IvfPqStructure.restore(dimension, structure.params, vectors, arrays, blobs, info)
+    for (got_ids, got_codes), (want_ids, want_codes) in zip(list_entries(restored), expected, strict=True):
+        assert np.array_equal(got_ids, want_ids) and np.array_equal(got_codes, want_codes)
+    assert np.array_equal(restored.live, frozen.live) and np.array_equal(restored.coded, frozen.coded)
+    queries = x[rng.choice(12_000, 20)]
+    for a, b in zip(restored.search(queries, 10, None), frozen.search(queries, 10, None)):
+        assert np.array_equal(a, b)
+    assert frozen.capture()(no_lock)[1] == blobs  # restored from a whole serialization, it stores them empty
+
+    finish = structure.capture()
+
+    @contextmanager
+    def shared_after_a_purge():
+        assert len(structure.purge(no_lock)) == 40  # a purge moves codes within the lists
+        yield
+    assert finish(shared_after_a_purge) is None
+
+
+def faiss_bytes(index) -> bytes:
+    import faiss
+    return faiss.serialize_index(index).tobytes()
+
+
 def test_the_sorting_set_operations_equal_numpys():
     from hypothesis import given, settings, strategies as st
 

@@ -16,6 +16,8 @@ from index_service.config import KindParams
 from index_service.vector_file import VectorFile
 
 Exclusive = Callable[[], AbstractContextManager]
+Shared = Callable[[], AbstractContextManager]
+State = tuple[dict[str, np.ndarray], dict[str, bytes], dict]
 # Rows a kind with a background tail (ivfpq codes, hnsw graph insertion) lets wait, searched exactly, before
 # large writes are held back (about 200 MB read per query at 768-d); past twice as many, a write takes its
 # own rows in itself.
@@ -132,9 +134,17 @@ class Structure:
 
     # Persistence.
 
-    def state(self) -> tuple[dict[str, np.ndarray], dict[str, bytes], dict]:
+    def state(self) -> State:
         """(arrays, blobs, info) to snapshot, copied: the caller holds the write mutex, searches go on."""
         return {}, {}, {}
+
+    def capture(self) -> Callable[[Shared], State | None]:
+        """Under the write mutex and the shared lock: a function that returns the state as it is now when
+        called later, with neither held (it takes `shared()` for short pieces), or None if the structure
+        was rewritten meanwhile so that the capture cannot be finished. Writes wait only for the capture,
+        so a kind whose state is large copies it in the function. By default the state is copied now."""
+        state = self.state()
+        return lambda shared: state
 
     @classmethod
     def restore(cls, dimension: int, params: KindParams, vectors: VectorFile, arrays: dict, blobs: dict,

@@ -11,12 +11,13 @@ until compaction removes them (their rows are held until then); an ended row nev
 """
 
 from dataclasses import dataclass
+from typing import Callable
 
 import faiss
 import numpy as np
 
 from index_service.arrays import unique
-from index_service.kinds.base import TAIL_LIMIT, Result, Structure, bitmap, no_lock, selector
+from index_service.kinds.base import TAIL_LIMIT, Result, Shared, State, Structure, bitmap, no_lock, selector
 from index_service.exact import empty_result, exact_from_file, merge, search_raw
 
 PQ_BITS = 4
@@ -27,6 +28,7 @@ ASSIGN_CHUNK = 4096  # vectors per coarse-assignment product: 16 MB of scores at
 KMEANS_ITERATIONS = 12
 ROOT_BEAM = 2  # roots whose leaves a vector is compared with (1: 0.01 less recall@10 at 1M, bench/ivfpq_sweep.py)
 TREE_CHUNK = 16384  # vectors assigned at once: each root's share is then a product worth a BLAS call (1.3x)
+SNAPSHOT_HOLD_BYTES = 16 << 20  # codes copied per hold of the shared lock while a snapshot copies the lists
 
 
 def code_parts(dimension: int, wanted: int) -> int:
@@ -249,6 +251,8 @@ class IvfPqStructure(Structure):
         self._live_bits = None
         self._tail = np.zeros(0, dtype=np.int64)  # live rows not coded (see _changed)
         self._ended_while_encoding: list[np.ndarray] | None = None
+        self.purges = 0  # bumped when codes leave the lists: list prefixes are append-only in between
+        self._empty_lists = b""  # the trained lists with no entries, serialized (what a snapshot stores of them)
         if lists is not None:
             self._use(lists, tree)
 
@@ -256,9 +260,11 @@ class IvfPqStructure(Structure):
     def trained(self) -> bool:
         return self.lists is not None
 
-    def _use(self, lists: faiss.IndexIVFPQFastScan, tree: CoarseTree | None = None) -> None:
+    def _use(self, lists: faiss.IndexIVFPQFastScan, tree: CoarseTree | None = None, empty_lists: bytes = b"") -> None:
+        """`empty_lists`: the lists serialized without entries, given where `lists` holds some."""
         self.lists = lists
         self.tree = tree or CoarseTree.flat(lists.quantizer.reconstruct_n(0, lists.nlist))
+        self._empty_lists = empty_lists or faiss.serialize_index(lists).tobytes()
 
     def _grow(self, max_row: int) -> None:
         if max_row >= len(self.live):
@@ -319,7 +325,8 @@ class IvfPqStructure(Structure):
             return np.zeros(0, dtype=np.int64)
         held = self.held_rows()
         with exclusive():
-            self.lists.remove_ids(faiss.IDSelectorBatch(held))
+            self.lists.remove_ids(faiss.IDSelectorBatch(held))  # moves codes within lists
+            self.purges += 1
             self.coded[held] = False
             self._changed()
         return held
@@ -425,25 +432,101 @@ class IvfPqStructure(Structure):
     # Persistence.
 
     def state(self):
+        finish = self.capture()
+        return finish(no_lock)
+
+    def capture(self):
+        """The flags, the tree and each list's size now; the lists' ids and codes are copied by the function
+        returned, a few lists per hold of the shared lock. Appends in between only add entries past the
+        sizes taken here (and may fill the rest of a list's last block: those slots are cleared in the
+        copy); a purge moves entries, and the capture is then given up."""
         arrays = {"live": self.live.copy(), "coded": self.coded.copy()}
-        if self.trained:
-            arrays |= {"tree_roots": self.tree.roots, "tree_leaf_root": self.tree.leaf_root}  # never changed
-        blobs = {"lists.faiss": faiss.serialize_index(self.lists).tobytes()} if self.trained else {}
-        return arrays, blobs, {"trained": self.trained}
+        if not self.trained:
+            return lambda shared: (arrays, {}, {"trained": False})
+        arrays |= {"tree_roots": self.tree.roots, "tree_leaf_root": self.tree.leaf_root}  # never changed
+        lists, purges = self.lists, self.purges
+        target = faiss.downcast_InvertedLists(lists.invlists)
+        sizes = np.array([target.list_size(list_no) for list_no in range(lists.nlist)], dtype=np.int64)
+
+        def finish(shared: Shared) -> State | None:
+            copied = copy_lists(target, sizes, lambda: self.purges == purges, shared)
+            if copied is None:
+                return None
+            ids, codes = copied
+            return (arrays | {"lists_sizes": sizes, "lists_ids": ids, "lists_codes": codes},
+                    {"lists.faiss": self._empty_lists}, {"trained": True})
+        return finish
 
     @classmethod
     def restore(cls, dimension, params, vectors, arrays, blobs, info):
-        lists = tree = None
+        structure = cls(dimension, params, vectors)
         if info.get("trained"):
             lists = faiss.deserialize_index(np.frombuffer(blobs["lists.faiss"], dtype=np.uint8))
+            empty_lists = blobs["lists.faiss"]
+            if "lists_sizes" in arrays:
+                fill_lists(lists, arrays["lists_sizes"], arrays["lists_ids"], arrays["lists_codes"])
+            else:  # snapshots before the lists were copied in pieces: serialized whole, entries included
+                empty = faiss.deserialize_index(np.frombuffer(blobs["lists.faiss"], dtype=np.uint8))
+                empty.reset()
+                empty_lists = faiss.serialize_index(empty).tobytes()
+            tree = None
             if "tree_roots" in arrays:  # snapshots of lists trained before the tree have none: flat assignment
                 tree = CoarseTree(arrays["tree_roots"], lists.quantizer.reconstruct_n(0, lists.nlist),
                                   arrays["tree_leaf_root"])
-        structure = cls(dimension, params, vectors, lists, tree)
+            structure._use(lists, tree, empty_lists)
         structure.live = arrays["live"].astype(bool)
         structure.coded = arrays["coded"].astype(bool)
         structure._changed()
         return structure
+
+
+def copy_lists(target, sizes: np.ndarray, unchanged: Callable[[], bool], shared: Shared):
+    """The first sizes[l] ids and codes of each list l (codes in whole blocks, the slots past the size
+    cleared), copied a few lists per hold of `shared()`; None once `unchanged()` is false."""
+    block_bytes = target.block_size
+    blocks = -(-sizes // BLOCK_CODES)
+    id_at = np.cumsum(sizes) - sizes
+    code_at = (np.cumsum(blocks) - blocks) * block_bytes
+    ids = np.empty(int(sizes.sum()), dtype=np.int64)
+    codes = np.empty(int(blocks.sum()) * block_bytes, dtype=np.uint8)
+    filled = np.flatnonzero(sizes).tolist()
+    at = 0
+    while at < len(filled):
+        with shared():
+            if not unchanged():
+                return None
+            held = 0
+            while at < len(filled) and held < SNAPSHOT_HOLD_BYTES:
+                list_no, at = filled[at], at + 1
+                size, nbytes = int(sizes[list_no]), int(blocks[list_no]) * block_bytes
+                ids[id_at[list_no]:id_at[list_no] + size] = faiss.rev_swig_ptr(target.get_ids(list_no), size)
+                codes[code_at[list_no]:code_at[list_no] + nbytes] = faiss.rev_swig_ptr(target.get_codes(list_no), nbytes)
+                held += nbytes
+    partial = np.flatnonzero(sizes % BLOCK_CODES)
+    if len(partial):
+        last = (code_at[partial] + (blocks[partial] - 1) * block_bytes)[:, None] + np.arange(block_bytes)
+        flat = unpack_blocks(codes[last], target.packer.code_size).reshape(len(partial), BLOCK_CODES, -1)
+        flat[np.arange(BLOCK_CODES)[None, :] >= (sizes[partial] % BLOCK_CODES)[:, None]] = 0
+        codes[last] = pack_blocks(flat.reshape(-1, flat.shape[2]))
+    return ids, codes
+
+
+def fill_lists(lists: faiss.IndexIVFPQFastScan, sizes: np.ndarray, ids: np.ndarray, codes: np.ndarray) -> None:
+    """Loads what copy_lists copied into empty lists."""
+    target = faiss.downcast_InvertedLists(lists.invlists)
+    block_bytes = target.block_size
+    blocks = -(-sizes // BLOCK_CODES)
+    if len(sizes) != lists.nlist or int(sizes.sum()) != len(ids) or int(blocks.sum()) * block_bytes != len(codes):
+        raise ValueError("the snapshot's list sizes do not match its ids and codes")
+    id_at, code_at = 0, 0
+    for list_no, size in enumerate(sizes.tolist()):
+        if size:
+            nbytes = int(blocks[list_no]) * block_bytes
+            target.resize(list_no, size)
+            faiss.rev_swig_ptr(target.get_ids(list_no), size)[:] = ids[id_at:id_at + size]
+            faiss.rev_swig_ptr(target.get_codes(list_no), nbytes)[:] = codes[code_at:code_at + nbytes]
+            id_at, code_at = id_at + size, code_at + nbytes
+    lists.ntotal = len(ids)
 
 
 def rerank(vectors, queries: np.ndarray, candidates: np.ndarray, k: int) -> Result:
