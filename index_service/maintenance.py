@@ -36,7 +36,13 @@ class Maintenance:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self.stopping.wait(0.0 if self.more_to_do else self.interval_s):
+        woken = self.collection.tail_grew
+        while not self.stopping.is_set():
+            if not self.more_to_do:
+                woken.wait(self.interval_s)  # a write that leaves rows for the background wakes it at once
+            woken.clear()
+            if self.stopping.is_set():
+                return
             self.more_to_do = False
             self.busy = True
             try:
@@ -64,6 +70,7 @@ class Maintenance:
 
     def stop(self, timeout_s: float = 30.0) -> None:
         self.stopping.set()
+        self.collection.tail_grew.set()
         self._thread.join(timeout_s)
 
     def idle(self) -> bool:

@@ -18,10 +18,10 @@ from index_service.vector_file import VectorFile
 Exclusive = Callable[[], AbstractContextManager]
 Shared = Callable[[], AbstractContextManager]
 State = tuple[dict[str, np.ndarray], dict[str, bytes], dict]
-# Rows a kind with a background tail (ivfpq codes, hnsw graph insertion) lets wait, searched exactly, before
-# large writes are held back (about 200 MB read per query at 768-d); past twice as many, a write takes its
-# own rows in itself.
-TAIL_LIMIT = 65536
+# Rows a kind with a background tail (ivfpq codes, hnsw graph insertion) lets wait, searched exactly, with the
+# writes queued, before large writes are held back (about 100 MB read per query at 768-d; at 65,536 a search
+# during a 1M load took up to 2.2 s here); past twice as many, a write takes its own rows in itself.
+TAIL_LIMIT = 32768
 Result = tuple[np.ndarray, np.ndarray]  # (scores, rows) of shape (queries, k), best first, -1 rows past the end
 
 

@@ -64,7 +64,7 @@ class HnswStructure(Structure):
     # Writing.
 
     def stage(self, rows, unit, exclusive):
-        if len(rows):
+        if len(rows) and int(rows.max()) >= len(self.row_node):  # only the writer grows them
             with exclusive():  # the background inserter changes these arrays too
                 self._grow_rows(int(rows.max()))
         if len(self.tail_rows()) + len(rows) <= 2 * TAIL_LIMIT:

@@ -4,12 +4,16 @@ candidates re-ranked with the exact vectors from the vector file.
 Until trained it answers exactly from the vector file. Training runs in the background on a sample (no lock
 held); the trained lists are installed empty at once, and from then on a search asks the lists for the rows
 they hold and scans the others exactly: the tail, rows written (or moved) and not encoded yet. The background
-encoder drains the tail a chunk at a time, outside every lock but a short append; past TAIL_LIMIT a write
-encodes its own rows beside it, so that writes outrunning the encoder slow down to the pace of two encoders
-instead of making every search scan more. Codes of ended rows stay in their lists, filtered out by a bitmap,
-until compaction removes them (their rows are held until then); an ended row never encoded is free at once.
+encoder drains the tail a chunk at a time on every core, outside every lock but short appends; large writes
+wait while the tail and the writes queued would pass TAIL_LIMIT (see Collection.has_room_for), so a bulk
+load goes at the encoder's pace and the writer never encodes (its groups, which a small write may wait for,
+stay short); past twice TAIL_LIMIT, which only small writes can reach, a write encodes its own rows. Codes of
+ended rows stay in their lists, filtered out by a bitmap, until compaction removes them (their rows are held
+until then); an ended row never encoded is free at once.
 """
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -29,6 +33,8 @@ KMEANS_ITERATIONS = 12
 ROOT_BEAM = 2  # roots whose leaves a vector is compared with (1: 0.01 less recall@10 at 1M, bench/ivfpq_sweep.py)
 TREE_CHUNK = 16384  # vectors assigned at once: each root's share is then a product worth a BLAS call (1.3x)
 SNAPSHOT_HOLD_BYTES = 16 << 20  # codes copied per hold of the shared lock while a snapshot copies the lists
+ENCODER_THREADS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+APPEND_HOLD_ROWS = 4096  # codes the background encoder appends per hold of the exclusive lock
 
 
 def code_parts(dimension: int, wanted: int) -> int:
@@ -241,6 +247,7 @@ def append_encoded(lists: faiss.IndexIVFPQFastScan, encoded: Encoded) -> None:
 class IvfPqStructure(Structure):
     kind = "ivfpq"
     approximate = True
+    waits_for_tail = True
 
     def __init__(self, dimension, params, vectors, lists=None, tree=None):
         super().__init__(dimension, params, vectors)
@@ -283,10 +290,10 @@ class IvfPqStructure(Structure):
     # Writing.
 
     def stage(self, rows, unit, exclusive):
-        if len(rows):
+        if len(rows) and int(rows.max()) >= len(self.live):  # only the writer grows them
             with exclusive():  # the background encoder changes these arrays too
                 self._grow(int(rows.max()))
-        if not self.trained or not len(rows) or len(self.tail_rows()) + len(rows) <= TAIL_LIMIT:
+        if not self.trained or not len(rows) or len(self.tail_rows()) + len(rows) <= 2 * TAIL_LIMIT:
             return rows, None
         return rows, encode(self.lists, self.tree, unit, rows)
 
@@ -373,20 +380,36 @@ class IvfPqStructure(Structure):
         return self.tail_rows()[:limit].copy()
 
     def prepare_tail(self, rows: np.ndarray, unit: np.ndarray) -> Encoded:
-        return encode(self.lists, self.tree, unit, rows)
+        """Encoded on every core: large writes wait for this encoder alone (FAISS and the products release
+        the GIL)."""
+        parts = np.array_split(np.arange(len(rows)), min(ENCODER_THREADS, max(1, len(rows) // 1024)))
+        if len(parts) == 1:
+            return encode(self.lists, self.tree, unit, rows)
+        with ThreadPoolExecutor(len(parts), thread_name_prefix="ivfpq-encode", initializer=faiss.omp_set_num_threads,
+                                initargs=(1,)) as pool:  # the threads are the parallelism
+            encoded = list(pool.map(lambda part: encode(self.lists, self.tree, unit[part[0]:part[-1] + 1], rows[part]),
+                                    parts))
+        list_nos = np.concatenate([each.list_nos for each in encoded])
+        order = np.argsort(list_nos, kind="stable")
+        return Encoded(list_nos[order], np.concatenate([each.rows for each in encoded])[order],
+                       np.concatenate([each.codes for each in encoded])[order])
 
     def absorb_tail(self, encoded: Encoded, exclusive) -> int:
-        """Codes of rows still live and uncoded join the lists; a row ended meanwhile (and perhaps reused by a
-        newer vector) never gets the old code."""
-        with exclusive():
-            ended = np.concatenate(self._ended_while_encoding) if self._ended_while_encoding else np.zeros(0, np.int64)
-            rows = encoded.rows
-            keep = self.live[rows] & ~self.coded[rows] & ~np.isin(rows, ended)
-            encoded = encoded.subset(keep)
-            append_encoded(self.lists, encoded)
-            self.coded[encoded.rows] = True
-            self._changed()
-        return len(encoded.rows)
+        """Codes of rows still live and uncoded join the lists, APPEND_HOLD_ROWS per hold of the exclusive
+        lock; a row ended meanwhile (and perhaps reused by a newer vector) never gets the old code."""
+        added = 0
+        for start in range(0, len(encoded.rows), APPEND_HOLD_ROWS):
+            piece = encoded.subset(slice(start, start + APPEND_HOLD_ROWS))  # still sorted by list
+            with exclusive():
+                ended = np.concatenate(self._ended_while_encoding) if self._ended_while_encoding else \
+                    np.zeros(0, np.int64)
+                rows = piece.rows
+                piece = piece.subset(self.live[rows] & ~self.coded[rows] & ~np.isin(rows, ended))
+                append_encoded(self.lists, piece)
+                self.coded[piece.rows] = True
+                self._changed()
+            added += len(piece.rows)
+        return added
 
     def end_tail(self) -> None:
         self._ended_while_encoding = None
