@@ -92,17 +92,18 @@ class Structure:
         return None
 
     def unit_vectors(self, rows: np.ndarray) -> np.ndarray | None:
-        """The unit vectors of live rows if the structure keeps them in memory; None to read the vector file."""
+        """The unit vectors of live rows if the structure keeps them in memory; None to read the vector file.
+        Only kinds that hold every live row at all times answer from memory: exact scores from the file and
+        from memory differ in the last bits, and an hnsw graph's answers changed with how far its background
+        insertion had got."""
         return None
 
     # The tail: live rows the approximate structure does not hold yet, searched exactly meanwhile. Kinds
     # that have one take them in in the background (the collection's maintenance runs these).
 
     tail_chunk: ClassVar[int] = 16384  # rows the background takes in per step of work
-    # True: past TAIL_LIMIT large writes wait for the background (taking rows in inline would hold the writer
-    # for long: hnsw). False: a write past it takes its own rows in, beside the background (ivfpq encodes
-    # 16,384 rows in under a second; with the writer encoding too, ingest at 1M was 9.8k vectors/s, 4.9k
-    # with writes waiting).
+    # True: past TAIL_LIMIT large writes wait for the background: taking rows in inline would hold the writer,
+    # and every small write queued behind it, for a second or more.
     waits_for_tail: ClassVar[bool] = False
 
     def pending(self) -> int:

@@ -224,11 +224,6 @@ class HnswStructure(Structure):
         scores[rows < 0] = -np.inf
         return scores, rows
 
-    def unit_vectors(self, rows):
-        if self.pending():  # some live vectors are only in the vector file
-            return None
-        return storage_matrix(self.graph)[self.row_node[rows]].copy()
-
     def memory_bytes(self) -> int:
         n = self.graph.ntotal
         return n * (4 * self.dimension + 4 * 2 * self.params.hnsw_m + 17) + self.row_node.nbytes
