@@ -5,7 +5,8 @@ same machine, on data from bench/data.py (Zipf-sized clusters plus noise; see th
 For each size and kind it prints, then repeats as `name: value` lines at the end:
   - ingest: vectors/s through Upsert, sustained over the whole load, with the default snapshot policy;
   - the longest write stall and search stall seen during ingest: a probe writes one item to the same
-    collection and searches it every 0.2 s, and its slowest call is reported;
+    collection and searches it every 0.2 s, and its slowest call is reported; also its slowest write of
+    those during which a snapshot was being written (GetStats.snapshotting before or after it);
   - memory: the process's resident set (VmRSS) per vector, catalog and everything included, and how much
     of it is file pages mapped into the process (RssFile; the vector file is read with pread, not mapped);
   - disk: bytes per vector of the vector file, the catalog and the snapshots, and their ratio to 4*d;
@@ -104,15 +105,19 @@ class Probe(threading.Thread):
         self.address, self.dim, self.every_s = address, dim, every_s
         self.stop = threading.Event()
         self.write_s, self.search_s, self.writes, self.pending = [], [], 0, [0]
+        self.write_during_snapshot_s = []
 
     def run(self) -> None:
         rng = np.random.default_rng(7)
         with SimilarityClient(index=self.address, timeout=600) as client:
             while True:
                 vector = rng.standard_normal(self.dim).astype(np.float32)
+                snapshotting = client.stats().snapshotting
                 started = time.perf_counter()
                 client.upsert([f"probe-{self.writes}"], vector[None], fingerprint=FP)
                 self.write_s.append(time.perf_counter() - started)
+                if snapshotting or client.stats().snapshotting:
+                    self.write_during_snapshot_s.append(self.write_s[-1])
                 self.writes += 1
                 started = time.perf_counter()
                 client.search_vectors(vector, k=K, fingerprint=FP)
@@ -250,6 +255,9 @@ def run(size: int, kind: str, args, truth_cache: dict) -> None:
             say(f"{kind} {size} ingest", rate, "vectors/s")
             say(f"{kind} {size} longest write stall during ingest", max(probe.write_s), "s")
             say(f"{kind} {size} longest search stall during ingest", max(probe.search_s), "s")
+            during = probe.write_during_snapshot_s
+            say(f"{kind} {size} longest write stall during a snapshot ({len(during)} probe writes met one)",
+                max(during) if during else "none met one", "s" if during else "")
             client.delete([f"probe-{i}" for i in range(probe.writes)])
             waited = wait_for_background(client, kind, args.train_timeout)
             if kind in ("ivfpq", "hnsw"):

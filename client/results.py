@@ -43,6 +43,7 @@ class IndexStats:
     catalog_bytes: int = 0
     snapshot_bytes: int = 0
     pending: int = 0  # ivfpq, hnsw: items searched exactly until the structure takes them in
+    snapshotting: bool = False  # a shard is writing a snapshot now
 
 
 @dataclass(frozen=True)

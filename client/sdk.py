@@ -300,7 +300,8 @@ class SimilarityClient:
                           sum(s.vector_bytes + s.catalog_bytes + s.snapshot_bytes for s in answers),
                           all(s.trained for s in answers), sum(s.damaged for s in answers),
                           sum(s.vector_bytes for s in answers), sum(s.catalog_bytes for s in answers),
-                          sum(s.snapshot_bytes for s in answers), sum(s.pending for s in answers))
+                          sum(s.snapshot_bytes for s in answers), sum(s.pending for s in answers),
+                          any(s.snapshotting for s in answers))
 
     # Collections.
 

@@ -93,6 +93,7 @@ class Stats:
     trained: bool
     damaged: int
     pending: int
+    snapshotting: bool = False
 
 
 class Collection:
@@ -571,7 +572,7 @@ class Collection:
                          self.rows.unused() + held, self.vectors.disk_bytes if self.vectors else 0,
                          self.catalog.disk_bytes, snapshot.disk_bytes(self.folder / SNAPSHOTS), self.catalog.seq,
                          self.snapshot_seq, trained, len(self.damaged),
-                         self.structure.pending() if self.structure is not None else 0)
+                         self.structure.pending() if self.structure is not None else 0, self.snapshotting.locked())
 
     # Snapshots.
 

@@ -74,7 +74,7 @@ def stats_message(c: Collection) -> index_pb2.GetStatsResponse:
         count=s.count, dimension=s.dimension, index_kind=s.kind, model_fingerprint=s.fingerprint, collection=s.name,
         dead=s.dead, vector_bytes=s.vector_bytes, catalog_bytes=s.catalog_bytes, snapshot_bytes=s.snapshot_bytes,
         last_seq=s.last_seq, snapshot_seq=s.snapshot_seq, trained=s.trained, damaged=s.damaged,
-        pending=s.pending)
+        pending=s.pending, snapshotting=s.snapshotting)
 
 
 class IndexServicer(index_pb2_grpc.IndexServicer):

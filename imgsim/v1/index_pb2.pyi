@@ -421,7 +421,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ...) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("count", "dimension", "index_kind", "model_fingerprint", "collection", "dead", "vector_bytes", "catalog_bytes", "snapshot_bytes", "last_seq", "snapshot_seq", "trained", "damaged", "pending")
+    __slots__ = ("count", "dimension", "index_kind", "model_fingerprint", "collection", "dead", "vector_bytes", "catalog_bytes", "snapshot_bytes", "last_seq", "snapshot_seq", "trained", "damaged", "pending", "snapshotting")
     COUNT_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     INDEX_KIND_FIELD_NUMBER: _ClassVar[int]
@@ -436,6 +436,7 @@ class GetStatsResponse(_message.Message):
     TRAINED_FIELD_NUMBER: _ClassVar[int]
     DAMAGED_FIELD_NUMBER: _ClassVar[int]
     PENDING_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOTTING_FIELD_NUMBER: _ClassVar[int]
     count: int
     dimension: int
     index_kind: str
@@ -450,4 +451,5 @@ class GetStatsResponse(_message.Message):
     trained: bool
     damaged: int
     pending: int
-    def __init__(self, count: _Optional[int] = ..., dimension: _Optional[int] = ..., index_kind: _Optional[str] = ..., model_fingerprint: _Optional[str] = ..., collection: _Optional[str] = ..., dead: _Optional[int] = ..., vector_bytes: _Optional[int] = ..., catalog_bytes: _Optional[int] = ..., snapshot_bytes: _Optional[int] = ..., last_seq: _Optional[int] = ..., snapshot_seq: _Optional[int] = ..., trained: _Optional[bool] = ..., damaged: _Optional[int] = ..., pending: _Optional[int] = ...) -> None: ...
+    snapshotting: bool
+    def __init__(self, count: _Optional[int] = ..., dimension: _Optional[int] = ..., index_kind: _Optional[str] = ..., model_fingerprint: _Optional[str] = ..., collection: _Optional[str] = ..., dead: _Optional[int] = ..., vector_bytes: _Optional[int] = ..., catalog_bytes: _Optional[int] = ..., snapshot_bytes: _Optional[int] = ..., last_seq: _Optional[int] = ..., snapshot_seq: _Optional[int] = ..., trained: _Optional[bool] = ..., damaged: _Optional[int] = ..., pending: _Optional[int] = ..., snapshotting: _Optional[bool] = ...) -> None: ...
