@@ -210,6 +210,8 @@ class IndexMachine(RuleBasedStateMachine):
                 outcome["ok"] = True
             except grpc.RpcError as err:
                 outcome["error"] = err.code()
+            except ValueError:  # a kill at delay 0 closed the channel before the call began: nothing was sent
+                outcome["error"] = "not sent"
 
         caller = threading.Thread(target=call)
         caller.start()
