@@ -507,9 +507,7 @@ def copy_lists(target, sizes: np.ndarray, unchanged: Callable[[], bool], shared:
     """The first sizes[l] ids and codes of each list l (codes in whole blocks, the slots past the size
     cleared), copied a few lists per hold of `shared()`; None once `unchanged()` is false."""
     block_bytes = target.block_size
-    blocks = -(-sizes // BLOCK_CODES)
-    id_at = np.cumsum(sizes) - sizes
-    code_at = (np.cumsum(blocks) - blocks) * block_bytes
+    blocks, id_at, code_at = list_layout(sizes, block_bytes)
     ids = np.empty(int(sizes.sum()), dtype=np.int64)
     codes = np.empty(int(blocks.sum()) * block_bytes, dtype=np.uint8)
     filled = np.flatnonzero(sizes).tolist()
@@ -538,18 +536,22 @@ def fill_lists(lists: faiss.IndexIVFPQFastScan, sizes: np.ndarray, ids: np.ndarr
     """Loads what copy_lists copied into empty lists."""
     target = faiss.downcast_InvertedLists(lists.invlists)
     block_bytes = target.block_size
-    blocks = -(-sizes // BLOCK_CODES)
+    blocks, id_at, code_at = list_layout(sizes, block_bytes)
     if len(sizes) != lists.nlist or int(sizes.sum()) != len(ids) or int(blocks.sum()) * block_bytes != len(codes):
         raise ValueError("the snapshot's list sizes do not match its ids and codes")
-    id_at, code_at = 0, 0
-    for list_no, size in enumerate(sizes.tolist()):
-        if size:
-            nbytes = int(blocks[list_no]) * block_bytes
-            target.resize(list_no, size)
-            faiss.rev_swig_ptr(target.get_ids(list_no), size)[:] = ids[id_at:id_at + size]
-            faiss.rev_swig_ptr(target.get_codes(list_no), nbytes)[:] = codes[code_at:code_at + nbytes]
-            id_at, code_at = id_at + size, code_at + nbytes
+    for list_no in np.flatnonzero(sizes).tolist():
+        size, nbytes, first, start = int(sizes[list_no]), int(blocks[list_no]) * block_bytes, id_at[list_no], code_at[list_no]
+        target.resize(list_no, size)
+        faiss.rev_swig_ptr(target.get_ids(list_no), size)[:] = ids[first:first + size]
+        faiss.rev_swig_ptr(target.get_codes(list_no), nbytes)[:] = codes[start:start + nbytes]
     lists.ntotal = len(ids)
+
+
+def list_layout(sizes: np.ndarray, block_bytes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For lists of these sizes laid end to end (ids, and codes in whole blocks): each list's blocks, and
+    where its ids and its codes start."""
+    blocks = -(-sizes // BLOCK_CODES)
+    return blocks, np.cumsum(sizes) - sizes, (np.cumsum(blocks) - blocks) * block_bytes
 
 
 def rerank(vectors, queries: np.ndarray, candidates: np.ndarray, k: int) -> Result:
