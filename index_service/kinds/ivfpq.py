@@ -521,7 +521,8 @@ def copy_lists(target, sizes: np.ndarray, unchanged: Callable[[], bool], shared:
                 list_no, at = filled[at], at + 1
                 size, nbytes = int(sizes[list_no]), int(blocks[list_no]) * block_bytes
                 ids[id_at[list_no]:id_at[list_no] + size] = faiss.rev_swig_ptr(target.get_ids(list_no), size)
-                codes[code_at[list_no]:code_at[list_no] + nbytes] = faiss.rev_swig_ptr(target.get_codes(list_no), nbytes)
+                codes[code_at[list_no]:code_at[list_no] + nbytes] = \
+                    faiss.rev_swig_ptr(target.get_codes(list_no), nbytes)
                 held += nbytes
     partial = np.flatnonzero(sizes % BLOCK_CODES)
     if len(partial):
@@ -540,10 +541,10 @@ def fill_lists(lists: faiss.IndexIVFPQFastScan, sizes: np.ndarray, ids: np.ndarr
     if len(sizes) != lists.nlist or int(sizes.sum()) != len(ids) or int(blocks.sum()) * block_bytes != len(codes):
         raise ValueError("the snapshot's list sizes do not match its ids and codes")
     for list_no in np.flatnonzero(sizes).tolist():
-        size, nbytes, first, start = int(sizes[list_no]), int(blocks[list_no]) * block_bytes, id_at[list_no], code_at[list_no]
+        size, nbytes = int(sizes[list_no]), int(blocks[list_no]) * block_bytes
         target.resize(list_no, size)
-        faiss.rev_swig_ptr(target.get_ids(list_no), size)[:] = ids[first:first + size]
-        faiss.rev_swig_ptr(target.get_codes(list_no), nbytes)[:] = codes[start:start + nbytes]
+        faiss.rev_swig_ptr(target.get_ids(list_no), size)[:] = ids[id_at[list_no]:id_at[list_no] + size]
+        faiss.rev_swig_ptr(target.get_codes(list_no), nbytes)[:] = codes[code_at[list_no]:code_at[list_no] + nbytes]
     lists.ntotal = len(ids)
 
 
