@@ -118,7 +118,8 @@ class Collection:
         self.damaged: set[int] = set()
         self.snapshot_seq = 0
         self.last_snapshot_unix = 0.0
-        self.changes_since_snapshot = 0
+        self.changes_since_snapshot = 0  # changed through note_changes: the writer and the maintenance both add
+        self._changes = threading.Lock()
         self.generation = 0  # bumped at every publish: what caches of the live state key on
         self._live_rows = None
         self._filter_cache: dict = {}
@@ -367,7 +368,7 @@ class Collection:
         self.rows.give_back(freed)
         if plan.new_count and self.structure.drains_tail():
             self.tail_grew.set()
-        self.changes_since_snapshot += plan.new_count + len(ended)
+        self.note_changes(plan.new_count + len(ended))
         self._settle(plan)
 
     def _settle(self, plan: "Plan") -> None:
@@ -576,6 +577,15 @@ class Collection:
 
     # Snapshots.
 
+    def note_changes(self, count: int) -> None:
+        with self._changes:
+            self.changes_since_snapshot += count
+
+    def snapshot_due(self) -> bool:
+        """The policy: every snapshot_every changed items, or a quarter of the collection if that is more."""
+        changes = self.changes_since_snapshot
+        return bool(changes) and changes >= max(self.snapshot_every, self.count // 4)
+
     def take_snapshot(self, force: bool = False) -> bool:
         """Writes the in-memory state aside so a restart loads it. Writers wait only for the copy. `force`:
         even when no write came since the last one (the structure changed by itself: compaction)."""
@@ -588,7 +598,9 @@ class Collection:
                 return False
             seq = self.catalog.seq
             if not self.structure.snapshots_state:  # rebuilt from the vector file at every start
-                self.snapshot_seq, self.changes_since_snapshot = seq, 0
+                self.snapshot_seq = seq
+                with self._changes:
+                    self.changes_since_snapshot = 0
                 self.rows.snapshot_taken()
                 self.catalog.vacuum()
                 return False
@@ -610,7 +622,7 @@ class Collection:
         snapshot.write(self.folder / SNAPSHOTS, seq, info, arrays, blobs)
         with self.write_mutex:
             self.snapshot_seq, self.last_snapshot_unix = seq, time.time()
-            self.changes_since_snapshot -= changes
+            self.note_changes(-changes)
             self.rows.give_back(released)
             self.rows.awaiting_snapshot = difference(self.rows.awaiting_snapshot, released)
             self.catalog.vacuum()

@@ -1,6 +1,10 @@
 """A collection's background work: verifying checksums after a load from a snapshot, training ivfpq lists and
 encoding rows into them, compaction and snapshots. Nothing here holds the exclusive lock for more than a short step, so searches go
-on throughout; writes wait only while a step needs the write mutex (documented per step)."""
+on throughout; writes wait only while a step needs the write mutex (documented per step).
+
+Policy snapshots have a thread of their own: a bulk load waits for the tail to be taken in, and at 10M a
+snapshot takes seconds to copy, write and hash; on the encoder's thread the load stood still meanwhile.
+Both may run at once: a capture is taken under the write mutex, and the encoder only appends past it."""
 
 import logging
 import threading
@@ -18,7 +22,7 @@ from index_service.vector_file import crc32_rows
 log = logging.getLogger(__name__)
 COMPACT_MIN_ROWS = 1024
 RELOCATE_BATCH = 16384
-TAIL_STEP_S = 5.0  # tail work per maintenance step, between chances for snapshots and compaction
+TAIL_STEP_S = 5.0  # tail work per maintenance step, between chances for compaction
 TRAIN_RETRY_S = 300.0
 
 
@@ -33,7 +37,10 @@ class Maintenance:
         self.busy = False
         self.more_to_do = False  # the last step stopped with work left: the next one starts at once
         self._thread = threading.Thread(target=self._run, name=f"maintenance-{collection.name}", daemon=True)
+        self._snapshots = threading.Thread(target=self._snapshot_when_due, name=f"snapshots-{collection.name}",
+                                           daemon=True)
         self._thread.start()
+        self._snapshots.start()
 
     def _run(self) -> None:
         woken = self.collection.tail_grew
@@ -53,6 +60,16 @@ class Maintenance:
             finally:
                 self.busy = False
 
+    def _snapshot_when_due(self) -> None:
+        c = self.collection
+        while not self.stopping.wait(self.interval_s):
+            try:
+                if c.structure is not None and not c.closed and c.snapshot_due():
+                    c.take_snapshot()
+            except Exception:  # the store holds everything; the next round tries again
+                log.exception("collection %r: background snapshot failed", c.name)
+                self.stopping.wait(5.0)
+
     def step(self) -> None:
         c = self.collection
         if c.structure is None or c.closed:
@@ -65,13 +82,13 @@ class Maintenance:
             self.more_to_do = self.drain_tail()
         if self.needs_compaction():
             self.compact()
-        if c.changes_since_snapshot and c.changes_since_snapshot >= max(c.snapshot_every, c.count // 4):
-            c.take_snapshot()
 
     def stop(self, timeout_s: float = 30.0) -> None:
         self.stopping.set()
         self.collection.tail_grew.set()
-        self._thread.join(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        for thread in (self._thread, self._snapshots):
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def idle(self) -> bool:
         """Nothing due: no compaction or training pending (for tests and operators)."""
@@ -149,7 +166,7 @@ class Maintenance:
 
     def drain_tail(self) -> bool:
         """Takes tail rows into the structure, tail_chunk at a time, for about TAIL_STEP_S; True if some is
-        left (the next step then starts at once, after the snapshot policy had its turn)."""
+        left (the next step then starts at once, after compaction had its turn)."""
         c = self.collection
         structure = c.structure
         started = time.monotonic()
@@ -163,7 +180,7 @@ class Maintenance:
                     added = structure.absorb_tail(structure.prepare_tail(rows, self._unit(rows)), c.lock.exclusive)
                 finally:
                     structure.end_tail()
-                c.changes_since_snapshot += added
+                c.note_changes(added)
                 if not structure.pending():
                     log.info("collection %r: the %s structure holds every live row", c.name, c.kind)
                     return False
@@ -254,7 +271,7 @@ class Maintenance:
             c.recover("moving committed rows failed")
             return
         c.rows.give_back(freed)
-        c.changes_since_snapshot += len(old)
+        c.note_changes(len(old))
 
     def _truncate(self) -> None:
         c = self.collection

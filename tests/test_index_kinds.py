@@ -497,6 +497,45 @@ def test_a_bulk_load_waits_while_ivfpq_lists_train_so_searches_never_scan_an_unb
         running.stop(0)
 
 
+def test_a_policy_snapshot_is_written_while_the_background_encoder_is_busy(tmp_path, monkeypatch):
+    """A bulk load waits for the encoder, so a snapshot written on the encoder's thread stopped the load for
+    as long as it took (seconds at 10M). Snapshots have a thread of their own: with the encoder held in one
+    chunk for seconds, the policy's snapshot of the write that woke it is written meanwhile."""
+    import threading
+
+    from index_service.kinds.ivfpq import IvfPqStructure
+    prepare, slow, encoding = IvfPqStructure.prepare_tail, threading.Event(), threading.Event()
+
+    def slowed(self, rows, unit):
+        if slow.is_set():
+            encoding.set()
+            time.sleep(6.0)
+        try:
+            return prepare(self, rows, unit)
+        finally:
+            encoding.clear()
+    monkeypatch.setattr(IvfPqStructure, "prepare_tail", slowed)
+    data = clustered(16000, 32, seed=8)
+    running, idx = serve(tmp_path / "data", "ivfpq", snapshot_every=1000)
+    try:
+        fill(idx, data[:12000])
+        wait_for(lambda: idx.stats().trained and idx.stats().pending == 0
+                 and idx.stats().snapshot_seq == idx.stats().last_seq)
+        slow.set()
+        fill_from = 12000
+        ids = [f"v{i}" for i in range(fill_from, len(data))]
+        idx.upsert(ids, data[fill_from:])  # 4,000 changes: past the policy's quarter of 16,000
+        seq = idx.stats().last_seq
+        wait_for(encoding.is_set, 10.0)
+        wait_for(lambda: idx.stats().snapshot_seq == seq, 10.0)
+        assert encoding.is_set()  # written while the encoder still held its chunk
+        wait_for(lambda: idx.stats().pending == 0)
+        assert idx.stats().count == len(data)
+    finally:
+        idx.close()
+        running.stop(0)
+
+
 def random_vector(dimension: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((1, dimension)).astype(np.float32)
 
