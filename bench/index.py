@@ -7,8 +7,9 @@ For each size and kind it prints, then repeats as `name: value` lines at the end
   - the longest write stall and search stall seen during ingest: a probe writes one item to the same
     collection and searches it every 0.2 s, and its slowest call is reported; also its slowest write of
     those during which a snapshot was being written (GetStats.snapshotting before or after it);
-  - memory: the process's resident set (VmRSS) per vector, catalog and everything included, and how much
-    of it is file pages mapped into the process (RssFile; the vector file is read with pread, not mapped);
+  - memory: the process's resident set (VmRSS) per vector, catalog and everything included, read once no
+    snapshot is being written, and how much of it is file pages mapped into the process (RssFile; the
+    vector file is read with pread, not mapped); also the peak (VmHWM), snapshots' copies included;
   - disk: bytes per vector of the vector file, the catalog and the snapshots, and their ratio to 4*d;
   - search: recall@10 against exact search (also split: queries from clusters / from the uniform noise,
     which no inverted list holds together) and single queries/s (medians of repeats), and batches of 64;
@@ -83,11 +84,11 @@ class Server:
         self.process.wait(600)
 
     def memory(self) -> dict[str, int]:
-        """VmRSS, RssAnon and RssFile of the process, in bytes."""
+        """VmRSS, RssAnon, RssFile and VmHWM (the peak resident set) of the process, in bytes."""
         fields = {}
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
             name, _, value = line.partition(":")
-            if name in ("VmRSS", "RssAnon", "RssFile"):
+            if name in ("VmRSS", "RssAnon", "RssFile", "VmHWM"):
                 fields[name] = int(value.split()[0]) * 1024
         return fields
 
@@ -160,6 +161,14 @@ def wait_for_background(client: SimilarityClient, kind: str, timeout_s: float) -
             break
         time.sleep(1.0)
     return time.monotonic() - started
+
+
+def wait_for_snapshots(client: SimilarityClient, timeout_s: float = 600.0):
+    """The stats once no snapshot is being written (its copy of the lists would count in the RSS)."""
+    deadline = time.monotonic() + timeout_s
+    while (stats := client.stats()).snapshotting and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return stats
 
 
 def single_queries(client: SimilarityClient, queries: np.ndarray, repeats: int,
@@ -264,11 +273,13 @@ def run(size: int, kind: str, args, truth_cache: dict) -> None:
                 say(f"{kind} {size} largest exact tail during ingest (rows not yet in the structure)",
                     max(probe.pending))
                 say(f"{kind} {size} background work finished after ingest", waited, "s")
-            stats = client.stats()
+            stats = wait_for_snapshots(client)
             memory = server.memory()
-            say(f"{kind} {size} RSS per vector (whole process)", memory["VmRSS"] / size, "bytes")
+            say(f"{kind} {size} RSS per vector (whole process, no snapshot being written)",
+                memory["VmRSS"] / size, "bytes")
             say(f"{kind} {size} RSS", memory["VmRSS"] / 2**30, "GiB")
             say(f"{kind} {size} RSS of it that is mapped vector-file pages", memory["RssFile"] / 2**30, "GiB")
+            say(f"{kind} {size} peak RSS (VmHWM, snapshots' copies included)", memory["VmHWM"] / 2**30, "GiB")
             disk = stats.disk_bytes
             say(f"{kind} {size} disk per vector", disk / size, "bytes")
             say(f"{kind} {size} disk per vector / 4d", disk / size / (4 * args.dim))
