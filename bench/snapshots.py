@@ -36,6 +36,7 @@ from index_service import validation  # noqa: E402
 from index_service.kinds.base import no_lock  # noqa: E402
 from index_service.kinds.ivfpq import IvfPqStructure  # noqa: E402
 from index_service.registry import Registry  # noqa: E402
+from index_service.snapshot import collected  # noqa: E402
 from index_service.writes import WriteOp  # noqa: E402
 
 CALL = validation.MAX_ITEMS_PER_CALL
@@ -93,7 +94,8 @@ def one_round(collection, dim: int, whole: bool) -> tuple[list[float], list[floa
     original = IvfPqStructure.capture
 
     def copied_now(structure):  # the lists copied at once, while the caller holds the write mutex
-        state = original(structure)(no_lock)
+        arrays, blobs, info = original(structure)(no_lock)
+        state = collected(arrays), blobs, info
         return lambda shared: state
     if whole:
         IvfPqStructure.capture = copied_now

@@ -26,7 +26,7 @@ from index_service.errors import (Cancelled, DeadlineExceeded, DimensionMismatch
                                   InvalidArgument, ModelMismatch, NotReady, StorageFull)
 from index_service.id_table import IdTable, id_hashes
 from index_service.kinds import STRUCTURES, Structure
-from index_service.kinds.base import TAIL_LIMIT
+from index_service.kinds.base import TAIL_LIMIT, CaptureGivenUp
 from index_service.exact import empty_result, exact_from_file, merge, search_matrix, unit_rows
 from index_service.loading import check_catalog_complete, load_memory
 from index_service.locks import ReadWriteLock
@@ -611,15 +611,14 @@ class Collection:
             released = self.rows.awaiting_snapshot.copy()
             changes = self.changes_since_snapshot
         started = time.monotonic()
-        state = finish(self.lock.shared)  # writes go on: what the structure copies now is as it was at `seq`
-        if state is None:
-            log.info("collection %r: snapshot %d given up (compaction moved entries meanwhile); the next round "
-                     "takes one", self.name, seq)
+        try:  # writes go on: what the structure copies now is as it was at `seq`
+            structure_arrays, blobs, info = finish(self.lock.shared)
+            arrays |= structure_arrays
+            info.update(kind=self.kind, dimension=self.dimension, fingerprint=self.fingerprint, count=len(arrays))
+            snapshot.write(self.folder / SNAPSHOTS, seq, info, arrays, blobs)
+        except CaptureGivenUp as err:
+            log.info("collection %r: snapshot %d given up (%s); the next round takes one", self.name, seq, err)
             return False
-        structure_arrays, blobs, info = state
-        arrays |= structure_arrays
-        info.update(kind=self.kind, dimension=self.dimension, fingerprint=self.fingerprint, count=len(arrays))
-        snapshot.write(self.folder / SNAPSHOTS, seq, info, arrays, blobs)
         with self.write_mutex:
             self.snapshot_seq, self.last_snapshot_unix = seq, time.time()
             self.note_changes(-changes)

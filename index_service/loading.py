@@ -50,7 +50,7 @@ def load_memory(collection, stopping: threading.Event | None = None) -> None:
                              f"write {catalog.seq}: the catalog lost committed writes")
     if found:
         try:
-            info, arrays, blobs = snapshot.read(found[1])
+            info, arrays, blobs = snapshot.read(found[1], mapped=frozenset({"lists_codes"}))
             restore(collection, found[0], info, arrays, blobs, stopping)
             finish(collection)
             return

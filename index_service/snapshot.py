@@ -3,6 +3,9 @@
 Written aside, each file's size and BLAKE2b recorded in a manifest that carries its own checksum, fsynced,
 then renamed into place: a snapshot is whole or absent. Reading verifies every checksum first; a snapshot
 that fails is reported as damaged and the caller rebuilds from the store (and writes a fresh one at once).
+
+An array too large to copy whole (ivfpq's codes: 2.3 GB at 10M) is given as `Pieces` and written as it is
+copied, hashed on the way, so a snapshot costs its process a piece of memory, not a second index.
 """
 
 import hashlib
@@ -10,7 +13,9 @@ import json
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -22,6 +27,59 @@ HASH_CHUNK = 8 * 1024 * 1024
 
 class SnapshotDamaged(Exception):
     """A snapshot file is missing, truncated or altered."""
+
+
+@dataclass
+class Pieces:
+    """An array written as its consecutive pieces come (flattened, in order); they must fill `shape`."""
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    pieces: Iterator[np.ndarray]
+
+    def collect(self) -> np.ndarray:
+        """The whole array in memory (for callers that keep it, and tests)."""
+        out = np.empty(int(np.prod(self.shape)), dtype=self.dtype)
+        at = 0
+        for piece in self.pieces:
+            out[at:at + piece.size] = piece.reshape(-1)
+            at += piece.size
+        if at != out.size:
+            raise ValueError(f"pieces held {at} of {out.size} values")
+        return out.reshape(self.shape)
+
+
+def collected(arrays: dict) -> dict[str, np.ndarray]:
+    return {name: a.collect() if isinstance(a, Pieces) else a for name, a in arrays.items()}
+
+
+class _Hashing:
+    """A file whose bytes are hashed as they are written."""
+
+    def __init__(self, file):
+        self.file, self.digest, self.bytes = file, hashlib.blake2b(digest_size=32), 0
+
+    def write(self, data) -> None:
+        view = memoryview(data).cast("B")
+        self.digest.update(view)
+        self.file.write(view)
+        self.bytes += len(view)
+
+
+def write_pieces(path: Path, array: Pieces) -> dict:
+    """Writes `array` as a .npy file; returns its manifest entry (size and digest)."""
+    dtype, expected = np.dtype(array.dtype), int(np.prod(array.shape))
+    with path.open("wb") as file:
+        out = _Hashing(file)
+        np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                   "fortran_order": False, "shape": tuple(array.shape)})
+        written = 0
+        for piece in array.pieces:
+            piece = np.ascontiguousarray(piece, dtype=dtype)
+            out.write(piece)
+            written += piece.size
+    if written != expected:
+        raise ValueError(f"{path.name}: pieces held {written} of {expected} values")
+    return {"bytes": out.bytes, "blake2b": out.digest.hexdigest()}
 
 
 def file_digest(path: Path) -> str:
@@ -45,21 +103,26 @@ def manifest_text(body: dict) -> str:
     return json.dumps({"body": body, "blake2b": hashlib.blake2b(payload.encode(), digest_size=32).hexdigest()})
 
 
-def write(root: Path, seq: int, info: dict, arrays: dict[str, np.ndarray], blobs: dict[str, bytes]) -> Path:
-    """Writes snapshot `seq` under `root` and removes older ones; returns its folder."""
+def write(root: Path, seq: int, info: dict, arrays: dict[str, np.ndarray | Pieces], blobs: dict[str, bytes]) -> Path:
+    """Writes snapshot `seq` under `root` and removes older ones; returns its folder. An exception from the
+    pieces of an array (a capture given up) leaves nothing behind."""
     root.mkdir(parents=True, exist_ok=True)
     staging = root / f"staging-{seq:012d}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
+        files = {}
         for name, array in arrays.items():
-            np.save(staging / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
+            if isinstance(array, Pieces):
+                files[f"{name}.npy"] = write_pieces(staging / f"{name}.npy", array)
+            else:
+                np.save(staging / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
         for name, blob in blobs.items():
             (staging / name).write_bytes(blob)
-        files = {}
         for path in sorted(staging.iterdir()):
             fsync_path(path)
-            files[path.name] = {"bytes": path.stat().st_size, "blake2b": file_digest(path)}
+            if path.name not in files:
+                files[path.name] = {"bytes": path.stat().st_size, "blake2b": file_digest(path)}
         (staging / MANIFEST).write_text(manifest_text({"format": FORMAT, "seq": seq, "info": info, "files": files}))
         fsync_path(staging / MANIFEST)
         fsync_path(staging)
@@ -84,8 +147,10 @@ def newest(root: Path) -> tuple[int, Path] | None:
     return (int(complete[-1].name), complete[-1]) if complete else None
 
 
-def read(folder: Path) -> tuple[dict, dict[str, np.ndarray], dict[str, bytes]]:
-    """(info, arrays, blobs) of a snapshot, every checksum verified. Raises SnapshotDamaged."""
+def read(folder: Path, mapped: frozenset[str] = frozenset()) -> tuple[dict, dict[str, np.ndarray], dict[str, bytes]]:
+    """(info, arrays, blobs) of a snapshot, every checksum verified. Raises SnapshotDamaged. Arrays named in
+    `mapped` come as read-only maps of their files (clean page cache, not a copy on the heap: for arrays
+    only copied from while loading)."""
     try:
         wrapper = json.loads((folder / MANIFEST).read_text())
         body = wrapper["body"]
@@ -103,7 +168,8 @@ def read(folder: Path) -> tuple[dict, dict[str, np.ndarray], dict[str, bytes]]:
             if path.stat().st_size != expected["bytes"] or file_digest(path) != expected["blake2b"]:
                 raise SnapshotDamaged(f"{path} fails its checksum")
             if name.endswith(".npy"):
-                arrays[name[:-4]] = np.load(path, allow_pickle=False)
+                arrays[name[:-4]] = np.load(path, allow_pickle=False,
+                                            mmap_mode="r" if name[:-4] in mapped else None)
             else:
                 blobs[name] = path.read_bytes()
         except OSError as err:

@@ -8,7 +8,8 @@ import pytest
 
 from conftest import start_index
 from index_service.config import KindParams
-from index_service.kinds.base import no_lock
+from index_service import snapshot
+from index_service.kinds.base import CaptureGivenUp, no_lock
 from index_service.writes import SMALL_WRITE
 from indexing import Index, clustered, exact_top_k, ids_as_numbers
 
@@ -683,7 +684,10 @@ def test_a_snapshot_copies_ivfpq_lists_in_pieces_while_writes_append_and_restore
         yield
     a_write()  # before the copying starts
     arrays, blobs, info = finish(shared_while_writes_go_on)
-    assert holds > 40 and structure.lists.ntotal == 12_000
+    assert isinstance(arrays["lists_codes"], snapshot.Pieces)  # the codes are copied as the snapshot writes them
+    _, arrays, blobs = snapshot.read(snapshot.write(tmp_path / "written", 1, info, arrays, blobs),
+                                     mapped=frozenset({"lists_codes"}))  # every checksum verified
+    assert holds > 80 and structure.lists.ntotal == 12_000  # ids, then codes, one list per hold
     restored = ivfpq.IvfPqStructure.restore(dimension, structure.params, vectors, arrays, blobs, info)
     for (got_ids, got_codes), (want_ids, want_codes) in zip(list_entries(restored), expected, strict=True):
         assert np.array_equal(got_ids, want_ids) and np.array_equal(got_codes, want_codes)
@@ -695,11 +699,21 @@ def test_a_snapshot_copies_ivfpq_lists_in_pieces_while_writes_append_and_restore
 
     finish = structure.capture()
 
+    purged = []
+
     @contextmanager
     def shared_after_a_purge():
-        assert len(structure.purge(no_lock)) == 40  # a purge moves codes within the lists
+        if not purged:
+            purged.append(len(structure.purge(no_lock)))  # a purge moves codes within the lists
         yield
-    assert finish(shared_after_a_purge) is None
+    with pytest.raises(CaptureGivenUp):
+        finish(shared_after_a_purge)
+    assert purged == [40]
+    arrays, _, _ = structure.capture()(no_lock)  # ids copied now, codes as the snapshot writes them...
+    structure.purge(no_lock)
+    with pytest.raises(CaptureGivenUp):  # ...so a purge in between gives it up there, leaving nothing
+        snapshot.write(tmp_path / "snapshots", 1, {}, arrays, {})
+    assert not any((tmp_path / "snapshots").iterdir())
 
 
 def faiss_bytes(index) -> bytes:

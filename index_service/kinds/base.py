@@ -25,6 +25,10 @@ TAIL_LIMIT = 32768
 Result = tuple[np.ndarray, np.ndarray]  # (scores, rows) of shape (queries, k), best first, -1 rows past the end
 
 
+class CaptureGivenUp(Exception):
+    """The structure was rewritten after a capture (a purge moved entries): it cannot be finished."""
+
+
 class Structure:
     kind: ClassVar[str] = ""
     approximate: ClassVar[bool] = False
@@ -139,11 +143,12 @@ class Structure:
         """(arrays, blobs, info) to snapshot, copied: the caller holds the write mutex, searches go on."""
         return {}, {}, {}
 
-    def capture(self) -> Callable[[Shared], State | None]:
+    def capture(self) -> Callable[[Shared], State]:
         """Under the write mutex and the shared lock: a function that returns the state as it is now when
-        called later, with neither held (it takes `shared()` for short pieces), or None if the structure
-        was rewritten meanwhile so that the capture cannot be finished. Writes wait only for the capture,
-        so a kind whose state is large copies it in the function. By default the state is copied now."""
+        called later, with neither held (it takes `shared()` for short pieces; an array may be given as
+        snapshot.Pieces, copied as the snapshot is written). It, or the pieces, raise CaptureGivenUp if the
+        structure was rewritten meanwhile. Writes wait only for the capture, so a kind whose state is large
+        copies it in the function. By default the state is copied now."""
         state = self.state()
         return lambda shared: state
 

@@ -21,8 +21,10 @@ import faiss
 import numpy as np
 
 from index_service.arrays import unique
-from index_service.kinds.base import TAIL_LIMIT, Result, Shared, State, Structure, bitmap, no_lock, selector
+from index_service.kinds.base import (TAIL_LIMIT, CaptureGivenUp, Result, Shared, State, Structure, bitmap, no_lock,
+                                      selector)
 from index_service.exact import empty_result, exact_from_file, merge, search_raw
+from index_service.snapshot import Pieces, collected
 
 PQ_BITS = 4
 PQ_TRAINING_POINTS = 9984  # 39 points for each of the 256 centroids FAISS's PQ k-means wants at most
@@ -455,14 +457,14 @@ class IvfPqStructure(Structure):
     # Persistence.
 
     def state(self):
-        finish = self.capture()
-        return finish(no_lock)
+        arrays, blobs, info = self.capture()(no_lock)
+        return collected(arrays), blobs, info
 
     def capture(self):
-        """The flags, the tree and each list's size now; the lists' ids and codes are copied by the function
-        returned, a few lists per hold of the shared lock. Appends in between only add entries past the
-        sizes taken here (and may fill the rest of a list's last block: those slots are cleared in the
-        copy); a purge moves entries, and the capture is then given up."""
+        """The flags, the tree and each list's size now; the lists' ids and codes are copied later, a few
+        lists per hold of the shared lock (the codes as the snapshot writes them). Appends in between only add
+        entries past the sizes taken here (and may fill the rest of a list's last block: those slots are
+        cleared in the copy); a purge moves entries, and the capture is then given up."""
         arrays = {"live": self.live.copy(), "coded": self.coded.copy()}
         if not self.trained:
             return lambda shared: (arrays, {}, {"trained": False})
@@ -471,12 +473,13 @@ class IvfPqStructure(Structure):
         target = faiss.downcast_InvertedLists(lists.invlists)
         sizes = np.array([target.list_size(list_no) for list_no in range(lists.nlist)], dtype=np.int64)
 
-        def finish(shared: Shared) -> State | None:
-            copied = copy_lists(target, sizes, lambda: self.purges == purges, shared)
-            if copied is None:
-                return None
-            ids, codes = copied
-            return (arrays | {"lists_sizes": sizes, "lists_ids": ids, "lists_codes": codes},
+        def finish(shared: Shared) -> State:
+            def unchanged():
+                if self.purges != purges:
+                    raise CaptureGivenUp("a purge moved codes within the lists")
+            copy = ListCopy(target, sizes, unchanged, shared)
+            return (arrays | {"lists_sizes": sizes, "lists_ids": copy.ids(),
+                              "lists_codes": Pieces(np.uint8, (copy.code_bytes,), copy.codes())},
                     {"lists.faiss": self._empty_lists}, {"trained": True})
         return finish
 
@@ -503,38 +506,66 @@ class IvfPqStructure(Structure):
         return structure
 
 
-def copy_lists(target, sizes: np.ndarray, unchanged: Callable[[], bool], shared: Shared):
+class ListCopy:
     """The first sizes[l] ids and codes of each list l (codes in whole blocks, the slots past the size
-    cleared), copied a few lists per hold of `shared()`; None once `unchanged()` is false."""
-    block_bytes = target.block_size
-    blocks, id_at, code_at = list_layout(sizes, block_bytes)
-    ids = np.empty(int(sizes.sum()), dtype=np.int64)
-    codes = np.empty(int(blocks.sum()) * block_bytes, dtype=np.uint8)
-    filled = np.flatnonzero(sizes).tolist()
-    at = 0
-    while at < len(filled):
-        with shared():
-            if not unchanged():
-                return None
-            held = 0
-            while at < len(filled) and held < SNAPSHOT_HOLD_BYTES:
-                list_no, at = filled[at], at + 1
-                size, nbytes = int(sizes[list_no]), int(blocks[list_no]) * block_bytes
-                ids[id_at[list_no]:id_at[list_no] + size] = faiss.rev_swig_ptr(target.get_ids(list_no), size)
-                codes[code_at[list_no]:code_at[list_no] + nbytes] = \
-                    faiss.rev_swig_ptr(target.get_codes(list_no), nbytes)
-                held += nbytes
-    partial = np.flatnonzero(sizes % BLOCK_CODES)
-    if len(partial):
-        last = (code_at[partial] + (blocks[partial] - 1) * block_bytes)[:, None] + np.arange(block_bytes)
-        flat = unpack_blocks(codes[last], target.packer.code_size).reshape(len(partial), BLOCK_CODES, -1)
-        flat[np.arange(BLOCK_CODES)[None, :] >= (sizes[partial] % BLOCK_CODES)[:, None]] = 0
-        codes[last] = pack_blocks(flat.reshape(-1, flat.shape[2]))
-    return ids, codes
+    cleared), copied a few lists per hold of `shared()`, ids whole, codes as pieces in list order;
+    `unchanged()` is asked at every hold and raises once the lists were rewritten."""
+
+    def __init__(self, target, sizes: np.ndarray, unchanged: Callable[[], None], shared: Shared):
+        self.target, self.sizes, self.unchanged, self.shared = target, sizes, unchanged, shared
+        self.block_bytes = target.block_size
+        self.blocks, self.id_at, _ = list_layout(sizes, self.block_bytes)
+        self.code_bytes = int(self.blocks.sum()) * self.block_bytes
+        self.filled = np.flatnonzero(sizes).tolist()
+
+    def _holds(self, bytes_per_list: np.ndarray):
+        """Lists grouped by hold: each group's lists, copied under one hold of the shared lock."""
+        at = 0
+        while at < len(self.filled):
+            group, held = [], 0
+            while at < len(self.filled) and (not group or held < SNAPSHOT_HOLD_BYTES):
+                group.append(self.filled[at])
+                held += int(bytes_per_list[self.filled[at]])
+                at += 1
+            yield group
+
+    def ids(self) -> np.ndarray:
+        ids = np.empty(int(self.sizes.sum()), dtype=np.int64)
+        for group in self._holds(self.sizes * 8):
+            with self.shared():
+                self.unchanged()
+                for list_no in group:
+                    size, at = int(self.sizes[list_no]), int(self.id_at[list_no])
+                    ids[at:at + size] = faiss.rev_swig_ptr(self.target.get_ids(list_no), size)
+        return ids
+
+    def codes(self):
+        """Each hold's codes as one piece."""
+        for group in self._holds(self.blocks * self.block_bytes):
+            nbytes = self.blocks[group] * self.block_bytes
+            piece = np.empty(int(nbytes.sum()), dtype=np.uint8)
+            starts = np.cumsum(nbytes) - nbytes
+            with self.shared():
+                self.unchanged()
+                for list_no, start, size in zip(group, starts.tolist(), nbytes.tolist()):
+                    piece[start:start + size] = faiss.rev_swig_ptr(self.target.get_codes(list_no), size)
+            self._clear_past_sizes(piece, np.asarray(group), starts)
+            yield piece
+
+    def _clear_past_sizes(self, piece: np.ndarray, lists: np.ndarray, starts: np.ndarray) -> None:
+        """Zeroes the slots of each list's last block past its size: appends may have filled them since."""
+        partial = np.flatnonzero(self.sizes[lists] % BLOCK_CODES)
+        if not len(partial):
+            return
+        block_bytes = self.block_bytes
+        last = (starts[partial] + (self.blocks[lists[partial]] - 1) * block_bytes)[:, None] + np.arange(block_bytes)
+        flat = unpack_blocks(piece[last], self.target.packer.code_size).reshape(len(partial), BLOCK_CODES, -1)
+        flat[np.arange(BLOCK_CODES)[None, :] >= (self.sizes[lists[partial]] % BLOCK_CODES)[:, None]] = 0
+        piece[last] = pack_blocks(flat.reshape(-1, flat.shape[2]))
 
 
 def fill_lists(lists: faiss.IndexIVFPQFastScan, sizes: np.ndarray, ids: np.ndarray, codes: np.ndarray) -> None:
-    """Loads what copy_lists copied into empty lists."""
+    """Loads what ListCopy copied into empty lists."""
     target = faiss.downcast_InvertedLists(lists.invlists)
     block_bytes = target.block_size
     blocks, id_at, code_at = list_layout(sizes, block_bytes)
