@@ -6,6 +6,8 @@ Policy snapshots have a thread of their own: a bulk load waits for the tail to b
 snapshot takes seconds to copy, write and hash; on the encoder's thread the load stood still meanwhile.
 Both may run at once: a capture is taken under the write mutex, and the encoder only appends past it."""
 
+import ctypes
+import ctypes.util
 import logging
 import threading
 import time
@@ -26,6 +28,24 @@ TAIL_STEP_S = 5.0  # tail work per maintenance step, between chances for compact
 TRAIN_RETRY_S = 300.0
 
 
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to ask
+        return None
+
+
+MALLOC_TRIM = _malloc_trim()
+
+
+def give_back_free_memory() -> None:
+    """Returns the heap's free pages to the system. FAISS grows each inverted list by reallocating it, and
+    glibc keeps what is freed that way resident in its arenas: at 1M x 768 ivfpq, 150 of 680 MB after a
+    load and a snapshot (measured here); a few milliseconds after each background step."""
+    if MALLOC_TRIM is not None:
+        MALLOC_TRIM(0)
+
+
 class Maintenance:
     def __init__(self, collection, compact_fraction: float = 0.2, interval_s: float = 0.5):
         self.collection = collection
@@ -43,6 +63,7 @@ class Maintenance:
         self._snapshots.start()
 
     def _run(self) -> None:
+        give_back_free_memory()  # after the load
         woken = self.collection.tail_grew
         while not self.stopping.is_set():
             if not self.more_to_do:
@@ -51,37 +72,42 @@ class Maintenance:
             if self.stopping.is_set():
                 return
             self.more_to_do = False
-            self.busy = True
+            self.busy, worked = True, True
             try:
-                self.step()
+                worked = self.step()
             except Exception:  # the store holds everything; the next round tries again
                 log.exception("collection %r: background maintenance failed", self.collection.name)
                 self.stopping.wait(5.0)
             finally:
                 self.busy = False
+            if worked:
+                give_back_free_memory()
 
     def _snapshot_when_due(self) -> None:
         c = self.collection
         while not self.stopping.wait(self.interval_s):
             try:
-                if c.structure is not None and not c.closed and c.snapshot_due():
-                    c.take_snapshot()
+                if c.structure is not None and not c.closed and c.snapshot_due() and c.take_snapshot():
+                    give_back_free_memory()
             except Exception:  # the store holds everything; the next round tries again
                 log.exception("collection %r: background snapshot failed", c.name)
                 self.stopping.wait(5.0)
 
-    def step(self) -> None:
+    def step(self) -> bool:
+        """Does what is due; True if something was."""
         c = self.collection
         if c.structure is None or c.closed:
-            return
-        if c.scrub_needed:
-            self.scrub()
-        if self.needs_training():
-            self.train()
-        if self.needs_draining():
-            self.more_to_do = self.drain_tail()
-        if self.needs_compaction():
-            self.compact()
+            return False
+        worked = False
+        for needed, work in ((lambda: c.scrub_needed, self.scrub), (self.needs_training, self.train),
+                             (self.needs_draining, self.drain), (self.needs_compaction, self.compact)):
+            if needed():  # in turn: a training makes rows to drain, in the same step
+                work()
+                worked = True
+        return worked
+
+    def drain(self) -> None:
+        self.more_to_do = self.drain_tail()
 
     def stop(self, timeout_s: float = 30.0) -> None:
         self.stopping.set()
