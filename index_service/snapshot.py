@@ -4,7 +4,7 @@ Written aside, each file's size and BLAKE2b recorded in a manifest that carries 
 then renamed into place: a snapshot is whole or absent. Reading verifies every checksum first; a snapshot
 that fails is reported as damaged and the caller rebuilds from the store (and writes a fresh one at once).
 
-An array too large to copy whole (ivfpq's codes: 2.3 GB at 10M) is given as `Pieces` and written as it is
+An array too large to copy whole (ivfpq's codes: about 2 GB at 10M) is given as `Pieces` and written as it is
 copied, hashed on the way, so a snapshot costs its process a piece of memory, not a second index.
 """
 
@@ -32,7 +32,7 @@ class SnapshotDamaged(Exception):
 @dataclass
 class Pieces:
     """An array written as its consecutive pieces come (flattened, in order); they must fill `shape`."""
-    dtype: np.dtype
+    dtype: np.dtype | type
     shape: tuple[int, ...]
     pieces: Iterator[np.ndarray]
 
