@@ -38,31 +38,23 @@ def empty_result(n_queries: int, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def top_k(scores: np.ndarray, ids: np.ndarray, k: int,
-          exact_scores: Callable[[int, np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+          exact_scores: Callable[[int, np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """The k best of each row of `scores` (columns named by `ids`), best first, ties by smaller id; padded
-    with -inf / -1. With `exact_scores(row, columns)` (float64 scores of those columns for that row), every
-    column within SCORE_MARGIN of the row's k-th best is scored again by it and the k are chosen on those."""
+    with -inf / -1. Every column within SCORE_MARGIN of a row's k-th best is scored again by
+    `exact_scores(row, columns)` (float64), and the k are chosen on those scores."""
     n_queries, width = scores.shape
     if width == 0:
         return empty_result(n_queries, k)
     keep = min(k, width)
     out_scores, out_ids = empty_result(n_queries, k)
-    if exact_scores is None:
-        part = np.argpartition(-scores, keep - 1, axis=1)[:, :keep] if keep < width else \
-            np.broadcast_to(np.arange(width), (n_queries, width))
-        part_scores = np.take_along_axis(scores, part, axis=1)
-        order = np.lexsort((ids[part], -part_scores), axis=1)
-        out_scores[:, :keep] = np.take_along_axis(part_scores, order, axis=1)
-        out_ids[:, :keep] = ids[np.take_along_axis(part, order, axis=1)]
-    else:
-        kth = -np.partition(-scores, keep - 1, axis=1)[:, keep - 1]
-        for query, floor in enumerate((kth - SCORE_MARGIN).tolist()):
-            row = scores[query]
-            near = np.flatnonzero((row >= floor) & (row > -np.inf))
-            rescored = exact_scores(query, near)
-            order = np.lexsort((ids[near], -rescored))[:keep]
-            out_scores[query, :len(order)] = rescored[order]
-            out_ids[query, :len(order)] = ids[near[order]]
+    kth = -np.partition(-scores, keep - 1, axis=1)[:, keep - 1]
+    for query, floor in enumerate((kth - SCORE_MARGIN).tolist()):
+        row = scores[query]
+        near = np.flatnonzero((row >= floor) & (row > -np.inf))
+        rescored = exact_scores(query, near)
+        order = np.lexsort((ids[near], -rescored))[:keep]
+        out_scores[query, :len(order)] = rescored[order]
+        out_ids[query, :len(order)] = ids[near[order]]
     out_ids[~np.isfinite(out_scores)] = -1
     return out_scores, out_ids
 

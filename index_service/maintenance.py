@@ -54,7 +54,6 @@ class Maintenance:
         self.stopping = threading.Event()
         self.compacting = threading.Lock()
         self.train_failed_at = 0.0
-        self.busy = False
         self.more_to_do = False  # the last step stopped with work left: the next one starts at once
         self._thread = threading.Thread(target=self._run, name=f"maintenance-{collection.name}", daemon=True)
         self._snapshots = threading.Thread(target=self._snapshot_when_due, name=f"snapshots-{collection.name}",
@@ -72,14 +71,12 @@ class Maintenance:
             if self.stopping.is_set():
                 return
             self.more_to_do = False
-            self.busy, worked = True, True
+            worked = True
             try:
                 worked = self.step()
             except Exception:  # the store holds everything; the next round tries again
                 log.exception("collection %r: background maintenance failed", self.collection.name)
                 self.stopping.wait(5.0)
-            finally:
-                self.busy = False
             if worked:
                 give_back_free_memory()
 
@@ -115,10 +112,6 @@ class Maintenance:
         deadline = time.monotonic() + timeout_s
         for thread in (self._thread, self._snapshots):
             thread.join(max(0.0, deadline - time.monotonic()))
-
-    def idle(self) -> bool:
-        """Nothing due: no compaction or training pending (for tests and operators)."""
-        return not (self.busy or self.needs_compaction() or self.needs_training() or self.needs_draining())
 
     # Checksums.
 
