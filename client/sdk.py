@@ -217,7 +217,7 @@ class SimilarityClient:
 
     def upsert(self, ids: Sequence[str], vectors_: np.ndarray, metadata: Sequence[dict] | None = None,
                fingerprint: str | None = None, collection: str | None = None) -> WriteReport:
-        """Adds or replaces vectors in a collection, in atomic calls of at most 16384 items each.
+        """Adds or replaces vectors in a collection, in atomic calls of at most 4096 items each.
 
         Returns:
             A WriteReport: ids inserted, ids whose item was replaced, and the collection's count after.

@@ -5,8 +5,10 @@ shards moves only the 1/(N+1) of the ids that the new shard takes, and `imgsim r
 moves exactly those. Until it has, an id may sit on a shard that is not its home, so deletes and gets ask
 every shard, and searches merge an id found twice into one hit.
 
-Upserts go as atomic calls of at most UPSERT_CALL_ITEMS items (the index's per-call limit), two in flight
-per shard so that building and sending the next call overlaps the index committing the last one.
+Upserts go as atomic calls of at most UPSERT_CALL_ITEMS items, up to CALLS_IN_FLIGHT per shard so that
+building and sending the next call overlaps the index committing the last one. The index takes up to 16,384
+items a call, but commits groups of 4,096 (index_service.writes): a larger call holds its writer, and every
+other client's writes, for the whole of its commit.
 """
 
 import hashlib
@@ -20,7 +22,7 @@ from client.errors import ImgsimError, Unavailable, translated_errors
 from client.filters import fill_metadata
 from imgsim.v1 import index_pb2, index_pb2_grpc
 
-UPSERT_CALL_ITEMS = 16384
+UPSERT_CALL_ITEMS = 4096  # one group commit of the index (see above)
 UPSERT_CALL_BYTES = 48 * 1024 * 1024  # of vectors, under the index's 64 MiB per call
 UPSERT_MESSAGE_BYTES = 8 * 1024 * 1024
 MAX_ITEMS_PER_MESSAGE = 4096
