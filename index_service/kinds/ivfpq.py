@@ -36,7 +36,10 @@ ROOT_BEAM = 2  # roots whose leaves a vector is compared with (1: 0.01 less reca
 TREE_CHUNK = 16384  # vectors assigned at once: each root's share is then a product worth a BLAS call (1.3x)
 SNAPSHOT_HOLD_BYTES = 16 << 20  # codes copied per hold of the shared lock while a snapshot copies the lists
 ENCODER_THREADS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-APPEND_HOLD_ROWS = 4096  # codes the background encoder appends per hold of the exclusive lock
+# Codes the background encoder appends per hold of the exclusive lock. Each list touched costs a few FAISS
+# calls, each releasing and taking back the GIL; on two busy cores a hold of 4,096 took 60-130 ms (10 ms
+# alone), and a write's publish waited for it.
+APPEND_HOLD_ROWS = 1024
 
 
 def code_parts(dimension: int, wanted: int) -> int:
