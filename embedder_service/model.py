@@ -16,6 +16,11 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # A lower-precision dtype is taken only when its embeddings stay this close to float32's.
 AUTO_DTYPE_MIN_COSINE = 0.9999
 AUTO_DTYPE_BATCH = 8
+# ... and only when it is at least this much faster than float32: where the two time alike (the small
+# offline default on an AVX-512 CPU: bfloat16 3.7 vs 4.5 ms in one start, 4.8 vs 4.7 ms in the next) the
+# pick flipped between starts, and with it the last digits of every score. Where bfloat16 pays it is 2-3x
+# faster (ViT-B/16 on a CPU with AVX512_BF16), far past this.
+AUTO_DTYPE_MIN_SPEEDUP = 1.3
 
 
 @dataclass(frozen=True)
@@ -133,8 +138,9 @@ class EmbeddingModel:
 
     def _choose_dtype(self, requested: str) -> tuple[str, str]:
         """`auto`: times float32 and the lower precisions this device has on a warm-up batch, and takes the
-        fastest whose embeddings keep cosine >= AUTO_DTYPE_MIN_COSINE to float32's (machines of one kind
-        differ: without native bfloat16, bfloat16 ran 7x slower than float32 here)."""
+        fastest whose embeddings keep cosine >= AUTO_DTYPE_MIN_COSINE to float32's, float32 unless another is
+        AUTO_DTYPE_MIN_SPEEDUP times faster (machines of one kind differ: without native bfloat16, bfloat16 ran
+        7x slower than float32 here)."""
         if requested != "auto":
             return requested, "asked for"
         batch = self._probe_batch(AUTO_DTYPE_BATCH)
@@ -155,9 +161,9 @@ class EmbeddingModel:
                 log.info("dtype %s: cosine %.6f to float32, below %g", name, cosine, AUTO_DTYPE_MIN_COSINE)
                 timings.pop(name)
         self.compute_dtype = torch.float32
-        best = min(timings, key=timings.get)
         measured = ", ".join(f"{name} {seconds * 1000:.1f} ms" for name, seconds in timings.items())
-        return best, f"auto: fastest faithful on a batch of {AUTO_DTYPE_BATCH} ({measured})"
+        return fastest_worth_it(timings), (f"auto: fastest faithful on a batch of {AUTO_DTYPE_BATCH}, a lower "
+                                           f"precision only if {AUTO_DTYPE_MIN_SPEEDUP:g}x faster ({measured})")
 
     def _family_of(self, name: str) -> str:
         """What the fingerprint records of the dtype: "float32-faithful" for float32 and for any lower precision
@@ -186,6 +192,15 @@ class EmbeddingModel:
         self.embed(self._probe_batch(1))
         if self.device.type == "cuda":
             self.embed(self._probe_batch(max_batch_size))
+
+
+def fastest_worth_it(seconds: dict[str, float]) -> str:
+    """The fastest dtype of `seconds` (each faithful), unless float32 is among them and the fastest is less
+    than AUTO_DTYPE_MIN_SPEEDUP times faster than it."""
+    best = min(seconds, key=seconds.get)
+    if "float32" in seconds and seconds["float32"] < AUTO_DTYPE_MIN_SPEEDUP * seconds[best]:
+        return "float32"
+    return best
 
 
 def unit(vectors: np.ndarray) -> np.ndarray:

@@ -365,6 +365,19 @@ def test_the_dtype_enters_the_fingerprint_only_when_it_changes_the_vectors():
         assert not same
 
 
+def test_auto_dtype_leaves_float32_only_for_a_clear_speed_up():
+    """Timings within noise of each other must not flip the dtype (and the scores' last digits) between
+    starts; a lower precision that is clearly faster is taken, and without float32 the fastest is."""
+    from embedder_service.model import AUTO_DTYPE_MIN_SPEEDUP, fastest_worth_it
+    assert fastest_worth_it({"float32": 4.5, "bfloat16": 3.7}) == "float32"
+    assert fastest_worth_it({"float32": 4.7, "bfloat16": 4.8}) == "float32"
+    assert fastest_worth_it({"float32": AUTO_DTYPE_MIN_SPEEDUP * 3.0, "bfloat16": 3.0}) == "bfloat16"
+    assert fastest_worth_it({"float32": 16.8, "bfloat16": 5.5}) == "bfloat16"
+    assert fastest_worth_it({"float32": 9.0, "bfloat16": 4.0, "float16": 3.0}) == "float16"
+    assert fastest_worth_it({"bfloat16": 4.0, "float16": 3.9}) == "float16"
+    assert fastest_worth_it({"float32": 2.0, "bfloat16": 14.0}) == "float32"
+
+
 def test_during_a_rolling_upgrade_each_vector_is_written_under_the_model_that_made_it(tmp_path, index):
     """Two replicas behind one round-robin client serve different models of one dimension: no vector may be
     filed under the other's fingerprint (the old SDK cached one fingerprint for all)."""
