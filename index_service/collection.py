@@ -24,7 +24,7 @@ from index_service.catalog import Catalog, NewRecords
 from index_service.config import BadParams, KindParams, params_from_dict, params_with
 from index_service.errors import (Cancelled, DeadlineExceeded, DimensionMismatch, IndexServiceError,
                                   InvalidArgument, ModelMismatch, NotReady, StorageFull)
-from index_service.id_table import IdTable, id_hashes
+from index_service.id_table import GROW_AHEAD_LOAD, MAX_LOAD, Growth, IdTable, id_hashes
 from index_service.kinds import STRUCTURES, Structure
 from index_service.kinds.base import TAIL_LIMIT, CaptureGivenUp
 from index_service.exact import empty_result, exact_from_file, merge, search_matrix, unit_rows
@@ -114,6 +114,7 @@ class Collection:
         self.vectors: VectorFile | None = None
         self.structure: Structure | None = None
         self.ids = IdTable()
+        self._ids_growth: Growth | None = None  # a bigger id table being built aside (see _grown_ids)
         self.rows = RowAllocator()
         self.damaged: set[int] = set()
         self.snapshot_seq = 0
@@ -349,7 +350,7 @@ class Collection:
             return self._settle(plan)
         staged = [self.structure.stage(rows, unit, self.lock.exclusive) for rows, _, unit in plan.parts()] or \
             [(np.zeros(0, np.int64), None)]
-        grown = self.ids.grown_for(plan.new_count)
+        grown = self._grown_ids(plan.new_count)
         with self.lock.exclusive():
             freed = self.structure.freed_at_once(ended)
             self.structure.publish(staged[0], ended)
@@ -371,6 +372,22 @@ class Collection:
         self.note_changes(plan.new_count + len(ended))
         self._settle(plan)
 
+    def _grown_ids(self, more: int) -> IdTable | None:
+        """Under the write mutex: the id table to swap in before `more` new ids go in, or None to keep this one.
+        A bigger one is built aside once this one passes GROW_AHEAD_LOAD, and taken when it is ready, or
+        (waiting for it) once this one is full."""
+        ids, growth = self.ids, self._ids_growth
+        full = ids.used + more > MAX_LOAD * ids.capacity
+        if growth is not None and (growth.done() or full):
+            self._ids_growth = None
+            table = growth.finish()
+            return table.grown_for(more) or table
+        if full:
+            return ids.grown_for(more)
+        if growth is None and ids.used + more > GROW_AHEAD_LOAD * ids.capacity:
+            self._ids_growth = Growth(ids)
+        return None
+
     def _settle(self, plan: "Plan") -> None:
         for op, result in plan.results(self.count):
             op.future.set_result(result)
@@ -383,6 +400,8 @@ class Collection:
             with self.lock.exclusive():
                 self.recovering = True
             try:
+                if self._ids_growth is not None:
+                    self.ids.changes, self._ids_growth = None, None
                 load_memory(self)
                 self._filter_cache.clear()
             finally:

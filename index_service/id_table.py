@@ -8,11 +8,15 @@ Every operation works on a whole batch of ids at once.
 """
 
 import hashlib
+import threading
 from typing import Sequence
 
 import numpy as np
 
 MAX_LOAD = 0.7
+# Past this load a bigger table is built in a thread of its own while writes go on into this one (see
+# Growth); it is swapped in once built, or when this one reaches MAX_LOAD.
+GROW_AHEAD_LOAD = 0.5
 MIN_CAPACITY = 1024
 # Marks a slot whose item was removed: probing goes on past it, an insert may take it.
 TOMBSTONE = np.uint64(1)
@@ -48,6 +52,7 @@ class IdTable:
         self.rows = np.full(capacity, -1, dtype=np.int64)
         self.count = 0  # live entries
         self.used = 0  # live entries and tombstones
+        self.changes: list[tuple] | None = None  # puts and removes since a Growth began, while one runs
 
     @property
     def capacity(self) -> int:
@@ -82,6 +87,8 @@ class IdTable:
 
     def put(self, high: np.ndarray, low: np.ndarray, rows: np.ndarray) -> None:
         """Sets the row of each hash (distinct within the batch), inserting those not held."""
+        if self.changes is not None:
+            self.changes.append((high.copy(), low.copy(), rows.copy()))
         slots = self.slots(high, low)
         held = slots >= 0
         self.rows[slots[held]] = rows[held]
@@ -92,6 +99,8 @@ class IdTable:
 
     def remove(self, high: np.ndarray, low: np.ndarray) -> int:
         """Forgets the hashes held; returns how many were."""
+        if self.changes is not None:
+            self.changes.append((high.copy(), low.copy(), None))
         slots = self.slots(high, low)
         slots = slots[slots >= 0]
         self.high[slots] = 0
@@ -112,6 +121,7 @@ class IdTable:
             return None
         copy = IdTable.__new__(IdTable)
         copy.high, copy.low, copy.rows, copy.count, copy.used = self.high, self.low, self.rows, self.count, self.used
+        copy.changes = None
         copy._reserve(more)
         return copy
 
@@ -180,6 +190,7 @@ class IdTable:
     @classmethod
     def from_state(cls, state: dict[str, np.ndarray]) -> "IdTable":
         table = cls.__new__(cls)
+        table.changes = None
         table.high = np.ascontiguousarray(state["high"], dtype=np.uint64)
         table.low = np.ascontiguousarray(state["low"], dtype=np.uint64)
         table.rows = np.ascontiguousarray(state["rows"], dtype=np.int64)
@@ -190,8 +201,44 @@ class IdTable:
         return table
 
     @classmethod
-    def build(cls, high: np.ndarray, low: np.ndarray, rows: np.ndarray) -> "IdTable":
-        """A table holding these (distinct) hashes, built in bulk."""
-        table = cls(int(len(high) / MAX_LOAD) + 1)
+    def build(cls, high: np.ndarray, low: np.ndarray, rows: np.ndarray, capacity: int = 0) -> "IdTable":
+        """A table holding these (distinct) hashes, built in bulk (with at least `capacity` slots)."""
+        table = cls(max(capacity, int(len(high) / MAX_LOAD) + 1))
         table._fill_empty(np.asarray(high, np.uint64), np.asarray(low, np.uint64), np.asarray(rows, np.int64))
+        return table
+
+
+class Growth:
+    """A table twice the size of `table`, built in a thread from a copy of its entries while writes go on into
+    `table`, which records them; `finish` replays them onto the new one. A one-pass rebuild of the table at 10M
+    items took the collection's writer over a second, and every write waited for it."""
+
+    def __init__(self, table: IdTable):
+        self._entries = table.entries()  # copies: consistent as of now
+        self._capacity = 2 * table.capacity
+        self._source = table
+        self._built: IdTable | None = None
+        table.changes = []
+        self._thread = threading.Thread(target=self._build, name="id-table-growth", daemon=True)
+        self._thread.start()
+
+    def _build(self) -> None:
+        self._built = IdTable.build(*self._entries, capacity=self._capacity)
+        self._entries = None
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def finish(self) -> IdTable:
+        """The bigger table holding what `table` holds now (waits for the build if it is still running)."""
+        self._thread.join()
+        if self._built is None:
+            raise RuntimeError("building the larger id table failed")
+        table, changes = self._built, self._source.changes
+        self._source.changes = None
+        for high, low, rows in changes:
+            if rows is None:
+                table.remove(high, low)
+            else:
+                table.put(high, low, rows)
         return table
