@@ -11,7 +11,7 @@ from pathlib import Path
 from client.connection import UsageError, add_connection_options, connect
 from client.errors import ImgsimError
 from client.where import parse_where
-from imgsim.options import Options, integer, parse_args, text
+from imgsim.options import Options, choice, integer, parse_args, text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     options.add("--image-column", "image", "the dataset's image column")
     options.add("--label-column", "auto", "the dataset's label column (auto: label or labels)")
     options.add("--out", "demo-out", "folder for the picture and the local services' logs", type=Path)
+    options.add("--dtype", "float32", "compute dtype of the local embedder: float32 prints the same figure on every "
+                "machine; auto lets it time the dtypes at start and take the fastest faithful one, as it does when "
+                "run on its own", type=choice("float32", "auto", "bfloat16", "float16"))
 
     index = commands.add_parser("index", help="embed images and add them to a collection",
                                 description="Indexes image files, folders (recursively; in an ImageFolder layout "

@@ -31,6 +31,7 @@ class DemoOptions:
     image_column: str = "image"
     label_column: str = "auto"
     out: Path = Path("demo-out")
+    dtype: str = "float32"  # of the local embedder
     connection: object = None  # the parsed command line, when services are given (--embedder, --index...)
 
     @classmethod
@@ -38,7 +39,7 @@ class DemoOptions:
         return cls(model=args.model, dataset=args.dataset, collection=args.collection,
                    num_candidates=args.num_candidates, num_queries=args.num_queries, k=args.k, shown=args.shown,
                    image_column=args.image_column, label_column=args.label_column, out=args.out,
-                   connection=args if (args.embedder or args.index) else None)
+                   dtype=args.dtype, connection=args if (args.embedder or args.index) else None)
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,8 @@ def demo(options: DemoOptions, say=print) -> DemoResult:
     try:
         if options.connection is None:
             say(f"starting local services: embedder ({options.model}) and index (data in {data_dir})")
-            services = start_local_services(options.model, data_dir, options.out / "logs")
+            services = start_local_services(options.model, data_dir, options.out / "logs",
+                                            embedder_args=["--dtype", options.dtype])
             client = SimilarityClient(embedder=services.services[1].address, index=services.services[0].address,
                                       collection=options.collection)
         else:
