@@ -24,7 +24,7 @@ from index_service.catalog import Catalog, NewRecords
 from index_service.config import BadParams, KindParams, params_from_dict, params_with
 from index_service.errors import (Cancelled, DeadlineExceeded, DimensionMismatch, IndexServiceError,
                                   InvalidArgument, ModelMismatch, NotReady, StorageFull)
-from index_service.id_table import GROW_AHEAD_LOAD, MAX_LOAD, Growth, IdTable, id_hashes
+from index_service.id_table import GROW_AHEAD_LOAD, Growth, IdTable, id_hashes
 from index_service.kinds import STRUCTURES, Structure
 from index_service.kinds.base import TAIL_LIMIT, CaptureGivenUp
 from index_service.exact import empty_result, exact_from_file, merge, search_matrix, unit_rows
@@ -377,14 +377,14 @@ class Collection:
         A bigger one is built aside once this one passes GROW_AHEAD_LOAD, and taken when it is ready, or
         (waiting for it) once this one is full."""
         ids, growth = self.ids, self._ids_growth
-        full = ids.used + more > MAX_LOAD * ids.capacity
+        full = not ids.has_room(more)
         if growth is not None and (growth.done() or full):
             self._ids_growth = None
             table = growth.finish()
             return table.grown_for(more) or table
         if full:
             return ids.grown_for(more)
-        if growth is None and ids.used + more > GROW_AHEAD_LOAD * ids.capacity:
+        if growth is None and not ids.has_room(more, GROW_AHEAD_LOAD):
             self._ids_growth = Growth(ids)
         return None
 

@@ -116,10 +116,14 @@ class IdTable:
         live = self.high != 0
         return self.high[live], self.low[live], self.rows[live]
 
+    def has_room(self, more: int, load: float = MAX_LOAD) -> bool:
+        """Whether `more` new entries keep the table at or under `load`."""
+        return self.used + more <= load * self.capacity
+
     def grown_for(self, more: int) -> "IdTable | None":
         """A copy with room for `more` new entries if this table has not room for them; else None. Built
         aside, so the caller can swap it in under its lock instead of rebuilding under it."""
-        if self.used + more <= MAX_LOAD * self.capacity:
+        if self.has_room(more):
             return None
         copy = IdTable.__new__(IdTable)
         copy.high, copy.low, copy.rows, copy.count, copy.used = self.high, self.low, self.rows, self.count, self.used
@@ -128,7 +132,7 @@ class IdTable:
         return copy
 
     def _reserve(self, more: int) -> None:
-        if self.used + more <= MAX_LOAD * self.capacity:
+        if self.has_room(more):
             return
         needed = (self.count + more) / MAX_LOAD
         self._rebuild(max(MIN_CAPACITY, 1 << int(np.ceil(np.log2(needed)))))
