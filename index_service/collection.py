@@ -46,6 +46,9 @@ QUICK_SEARCH_FLOATS = 1 << 23
 CATALOG_FILE = "catalog.sqlite3"
 VECTOR_FILE = "vectors.f32"
 SNAPSHOTS = "snapshots"
+# A snapshot copies the id table this many slots per hold of the shared lock (24 MB, a few ms): copied whole
+# under the write mutex it held every write 0.6 s at 3.3M items.
+ID_COPY_SLOTS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -625,12 +628,13 @@ class Collection:
                 return False
             with self.lock.shared():
                 finish = self.structure.capture()
-                arrays = {f"ids_{name}": array.copy() for name, array in self.ids.state().items()}
-                arrays["damaged"] = np.fromiter(sorted(self.damaged), np.int64)
+                ids = self.ids
+                arrays = {"damaged": np.fromiter(sorted(self.damaged), np.int64)}
             released = self.rows.awaiting_snapshot.copy()
             changes = self.changes_since_snapshot
         started = time.monotonic()
         try:  # writes go on: what the structure copies now is as it was at `seq`
+            arrays |= self._copy_ids(ids)
             structure_arrays, blobs, info = finish(self.lock.shared)
             arrays |= structure_arrays
             info.update(kind=self.kind, dimension=self.dimension, fingerprint=self.fingerprint, count=len(arrays))
@@ -646,6 +650,20 @@ class Collection:
             self.catalog.vacuum()
         log.info("collection %r: snapshot %d written in %.2f s", self.name, seq, time.monotonic() - started)
         return True
+
+    def _copy_ids(self, table: IdTable) -> dict[str, np.ndarray]:
+        """The id table, ID_COPY_SLOTS slots per hold of the shared lock while writes go on. A slot's entry may
+        be newer than the snapshot's `seq`, but only for a row the catalog changed after `seq`, and restoring
+        drops those entries and puts the live ones back from the catalog (loading.restore); a slot never goes
+        back to empty, so probe chains stay whole. A table swapped for a bigger one gives the capture up."""
+        copies = {name: np.empty_like(array) for name, array in table.state().items()}
+        for start in range(0, table.capacity, ID_COPY_SLOTS):
+            with self.lock.shared():
+                if self.ids is not table:
+                    raise CaptureGivenUp("the id table was swapped for a bigger one")
+                for name, array in table.state().items():  # a slot's three fields in one hold: never torn
+                    copies[name][start:start + ID_COPY_SLOTS] = array[start:start + ID_COPY_SLOTS]
+        return {f"ids_{name}": copy for name, copy in copies.items()}
 
 
 class Superseded(Exception):

@@ -6,6 +6,11 @@ that fails is reported as damaged and the caller rebuilds from the store (and wr
 
 An array too large to copy whole (ivfpq's codes: about 2 GB at 10M) is given as `Pieces` and written as it is
 copied, hashed on the way, so a snapshot costs its process a piece of memory, not a second index.
+
+Every file is flushed to disk each SYNC_BYTES as it is written, not once at the end: an fsync of hundreds of
+MB makes the filesystem's journal commit wait for all of it, and the writer's own small fsyncs (the catalog's,
+the vector file's) wait behind that commit (a 512 MB file synced whole held a 100 KB append's fdatasync
+126-144 ms here; synced every 16 MB, 7-8 ms).
 """
 
 import hashlib
@@ -23,6 +28,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "MANIFEST.json"
 FORMAT = 1
 HASH_CHUNK = 8 * 1024 * 1024
+SYNC_BYTES = 16 * 1024 * 1024
 
 
 class SnapshotDamaged(Exception):
@@ -52,17 +58,30 @@ def collected(arrays: dict) -> dict[str, np.ndarray]:
     return {name: a.collect() if isinstance(a, Pieces) else a for name, a in arrays.items()}
 
 
+def in_pieces(array: np.ndarray) -> Pieces:
+    flat = np.ascontiguousarray(array).reshape(-1)
+    step = max(1, SYNC_BYTES // max(1, flat.itemsize))
+    return Pieces(flat.dtype, array.shape, (flat[at:at + step] for at in range(0, flat.size, step)))
+
+
 class _Hashing:
-    """A file whose bytes are hashed as they are written."""
+    """A file whose bytes are hashed as they are written, and flushed to disk every SYNC_BYTES."""
 
     def __init__(self, file):
-        self.file, self.digest, self.bytes = file, hashlib.blake2b(digest_size=32), 0
+        self.file, self.digest, self.bytes, self.unsynced = file, hashlib.blake2b(digest_size=32), 0, 0
 
     def write(self, data) -> None:
-        view = memoryview(data).cast("B")
-        self.digest.update(view)
-        self.file.write(view)
-        self.bytes += len(view)
+        whole = memoryview(data).cast("B")
+        for at in range(0, len(whole), SYNC_BYTES):
+            view = whole[at:at + SYNC_BYTES]
+            self.digest.update(view)
+            self.file.write(view)
+            self.bytes += len(view)
+            self.unsynced += len(view)
+            if self.unsynced >= SYNC_BYTES:
+                self.file.flush()
+                os.fdatasync(self.file.fileno())
+                self.unsynced = 0
 
 
 def write_pieces(path: Path, array: Pieces) -> dict:
@@ -113,10 +132,8 @@ def write(root: Path, seq: int, info: dict, arrays: dict[str, np.ndarray | Piece
     try:
         files = {}
         for name, array in arrays.items():
-            if isinstance(array, Pieces):
-                files[f"{name}.npy"] = write_pieces(staging / f"{name}.npy", array)
-            else:
-                np.save(staging / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
+            files[f"{name}.npy"] = write_pieces(staging / f"{name}.npy",
+                                                array if isinstance(array, Pieces) else in_pieces(array))
         for name, blob in blobs.items():
             (staging / name).write_bytes(blob)
         for path in sorted(staging.iterdir()):
