@@ -9,7 +9,7 @@ copied, hashed on the way, so a snapshot costs its process a piece of memory, no
 
 Every file is flushed to disk each SYNC_BYTES as it is written, not once at the end: an fsync of hundreds of
 MB makes the filesystem's journal commit wait for all of it, and the writer's own small fsyncs (the catalog's,
-the vector file's) wait behind that commit (a 512 MB file synced whole held a 100 KB append's fdatasync
+the vector file's) wait behind that commit (in a scratch probe, a 512 MB file synced whole held a 100 KB append's fdatasync
 126-144 ms here; synced every 16 MB, 7-8 ms).
 """
 
@@ -56,12 +56,6 @@ class Pieces:
 
 def collected(arrays: dict) -> dict[str, np.ndarray]:
     return {name: a.collect() if isinstance(a, Pieces) else a for name, a in arrays.items()}
-
-
-def in_pieces(array: np.ndarray) -> Pieces:
-    flat = np.ascontiguousarray(array).reshape(-1)
-    step = max(1, SYNC_BYTES // max(1, flat.itemsize))
-    return Pieces(flat.dtype, array.shape, (flat[at:at + step] for at in range(0, flat.size, step)))
 
 
 class _Hashing:
@@ -133,7 +127,8 @@ def write(root: Path, seq: int, info: dict, arrays: dict[str, np.ndarray | Piece
         files = {}
         for name, array in arrays.items():
             files[f"{name}.npy"] = write_pieces(staging / f"{name}.npy",
-                                                array if isinstance(array, Pieces) else in_pieces(array))
+                                                array if isinstance(array, Pieces)
+                                                else Pieces(array.dtype, array.shape, iter([array])))
         for name, blob in blobs.items():
             (staging / name).write_bytes(blob)
         for path in sorted(staging.iterdir()):
