@@ -69,7 +69,8 @@ class IndexProcess:
         self.stub = index_pb2_grpc.IndexStub(self.channel)
 
     def stop(self, sig: int) -> None:
-        self.channel.close()
+        if self.channel is not None:  # None when stopped before it served (a run ended by its time limit)
+            self.channel.close()
         self.process.send_signal(sig)
         code = self.process.wait(60)
         self.log.close()
@@ -104,7 +105,7 @@ class IndexMachine(RuleBasedStateMachine):
             with open(os.environ["IMGSIM_STATEFUL_COUNTS"], "w") as out:
                 out.write(f"{time.strftime('%H:%M:%S')} {COUNTS}\n")
         try:
-            if self.index is not None and self.index.process.poll() is None:
+            if self.index is not None and self.index.process is not None and self.index.process.poll() is None:
                 self.index.stop(signal.SIGKILL)
         finally:
             shutil.rmtree(getattr(self, "folder", ""), ignore_errors=True)
