@@ -328,7 +328,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--chunk", type=int, default=65536, help="vectors per SDK upsert (sent as calls of 4096, 4 in flight)")
+    parser.add_argument("--chunk", type=int, default=65536, help="vectors per SDK upsert (sent as calls of 2048, 4 in flight)")
     parser.add_argument("--train-timeout", type=float, default=3600)
     parser.add_argument("--data-dir", default=None, help="where the index's data goes (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the data directories")

@@ -7,7 +7,7 @@ every shard, and searches merge an id found twice into one hit.
 
 Upserts go as atomic calls of at most UPSERT_CALL_ITEMS items, up to CALLS_IN_FLIGHT per shard so that
 building and sending the next call overlaps the index committing the last one. The index takes up to 16,384
-items a call, but commits groups of 4,096 (index_service.writes): a larger call holds its writer, and every
+items a call, but commits groups of 2,048 (index_service.writes): a larger call holds its writer, and every
 other client's writes, for the whole of its commit.
 """
 
@@ -22,7 +22,7 @@ from client.errors import ImgsimError, Unavailable, translated_errors
 from client.filters import fill_metadata
 from imgsim.v1 import index_pb2, index_pb2_grpc
 
-UPSERT_CALL_ITEMS = 4096  # one group commit of the index (see above)
+UPSERT_CALL_ITEMS = 2048  # one group commit of the index (see above)
 UPSERT_CALL_BYTES = 48 * 1024 * 1024  # of vectors, under the index's 64 MiB per call
 UPSERT_MESSAGE_BYTES = 8 * 1024 * 1024
 MAX_ITEMS_PER_MESSAGE = 4096
