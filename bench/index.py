@@ -63,16 +63,18 @@ def say(name: str, value, unit: str = "") -> None:
 
 
 class Server:
-    def __init__(self, data_dir: Path, kind: str, extra: list[str]):
-        self.data_dir, self.kind, self.extra = data_dir, kind, extra
+    def __init__(self, data_dir: Path, kind: str, extra: list[str], timers: Path | None = None):
+        self.data_dir, self.kind, self.extra, self.timers = data_dir, kind, extra, timers
         self.process = None
         self.port = free_port()
 
     def start(self) -> float:
         started = time.monotonic()
+        program = [str(ROOT / "bench" / "server_timers.py")] if self.timers else ["-m", "index_service"]
+        env = SERVER_ENV | ({"IMGSIM_TIMERS_FILE": str(self.timers)} if self.timers else {})
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "index_service", "--port", str(self.port), "--data-dir", str(self.data_dir),
-             "--index-kind", self.kind, "--log-level", "WARNING", *self.extra], cwd=ROOT, env=SERVER_ENV)
+            [sys.executable, *program, "--port", str(self.port), "--data-dir", str(self.data_dir),
+             "--index-kind", self.kind, "--log-level", "WARNING", *self.extra], cwd=ROOT, env=env)
         while not is_serving(f"127.0.0.1:{self.port}", timeout=1.0):
             if self.process.poll() is not None:
                 raise RuntimeError(f"the index exited with {self.process.returncode}")
@@ -250,7 +252,8 @@ def run(size: int, kind: str, args, truth_cache: dict) -> None:
         truth_cache[size] = exact_top_k(stream, queries, K)
         print(f"    exact answers for {args.queries} queries in {time.monotonic() - started:.0f} s", flush=True)
     data_dir = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-", dir=args.data_dir))
-    server = Server(data_dir, kind, args.server_flag)
+    timers = data_dir.with_name(data_dir.name + "-timers.jsonl") if args.timers else None
+    server = Server(data_dir, kind, args.server_flag, timers)
     try:
         server.start()
         print("    snapshot policy: the default (--snapshot-every 100000 or a quarter of the collection)")
@@ -267,6 +270,10 @@ def run(size: int, kind: str, args, truth_cache: dict) -> None:
             during = probe.write_during_snapshot_s
             say(f"{kind} {size} longest write stall during a snapshot ({len(during)} probe writes met one)",
                 max(during) if during else "none met one", "s" if during else "")
+            if timers:
+                from server_timers import report
+                for name, value in report(timers):
+                    say(f"{kind} {size} {name}", value)
             client.delete([f"probe-{i}" for i in range(probe.writes)])
             waited = wait_for_background(client, kind, args.train_timeout)
             if kind in ("ivfpq", "hnsw"):
@@ -319,6 +326,8 @@ def run(size: int, kind: str, args, truth_cache: dict) -> None:
             server.process.kill()
         if not args.keep:
             shutil.rmtree(data_dir, ignore_errors=True)
+            if timers:
+                timers.unlink(missing_ok=True)
 
 
 def main() -> None:
@@ -342,6 +351,8 @@ def main() -> None:
                              "write-up's search), hnsw (hnswlib at equal recall)")
     parser.add_argument("--peer-max-size", type=int, default=2_000_000,
                         help="no peers above this size (they hold the data in memory, several copies)")
+    parser.add_argument("--timers", action="store_true", help="run the index under bench/server_timers.py and print "
+                        "where its slowest one-item writes' time went and its longest lock holds")
     parser.add_argument("--quick", action="store_true",
                         help="20k vectors of 128 dimensions, 20 queries, one sweep value: a smoke run")
     args = parser.parse_args()

@@ -21,6 +21,8 @@ BENCHES = {
                "flat 20000 service vs numpy in-process, single", "flat 20000 service vs the write-up's search, single",
                "hnsw 20000 service vs hnswlib at equal recall, single", "flat 20000 memory bandwidth (array copy, all cores)",
                "flat 20000 numpy scan efficiency, single", "hnsw 20000 at hnsw_ef_search 512, recall@10 / single queries/s"]),
+    "index_timers": (["bench/index.py", "--quick", "--kinds", "ivfpq", "--queries", "20", "--repeats", "1", "--peers",
+                      "none", "--timers"], ["ivfpq 20000 slowest one-item write in the server #1"]),
     "compaction": (["bench/compaction.py", "--quick", "--kinds", "flat,hnsw"],
                    ["flat RSS churned / fresh", "hnsw disk churned / fresh", "flat search time churned / fresh"]),
     "ivfpq_sweep": (["bench/ivfpq_sweep.py", "--size", "20000", "--dim", "64", "--nlist", "64", "--pq-m", "16,32",
