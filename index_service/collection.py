@@ -29,7 +29,7 @@ from index_service.kinds import STRUCTURES, Structure
 from index_service.kinds.base import TAIL_LIMIT, CaptureGivenUp
 from index_service.exact import empty_result, exact_from_file, merge, search_matrix, unit_rows
 from index_service.loading import check_catalog_complete, load_memory
-from index_service.locks import ReadWriteLock
+from index_service.locks import ReadTickets, ReadWriteLock
 from index_service.rows import RowAllocator
 from index_service.vector_file import VectorFile, crc32_rows, read_header
 from index_service.writes import SMALL_WRITE, WriteOp, Writer  # SMALL_WRITE: never waits for the tail either
@@ -112,13 +112,14 @@ class Collection:
         self.snapshot_every = snapshot_every
         self.storage = storage  # the data directory's space budget (quota and the disk's reserve)
         self.lock = ReadWriteLock()
+        self.readers = ReadTickets()  # searches reading the vector file outside the lock (see search)
         self.write_mutex = threading.RLock()
         self.snapshotting = threading.Lock()
         self.vectors: VectorFile | None = None
         self.structure: Structure | None = None
         self.ids = IdTable()
         self._ids_growth: Growth | None = None  # a bigger id table being built aside (see _grown_ids)
-        self.rows = RowAllocator()
+        self.rows = RowAllocator(readers=self.readers)
         self.damaged: set[int] = set()
         self.snapshot_seq = 0
         self.last_snapshot_unix = 0.0
@@ -171,6 +172,7 @@ class Collection:
                 self.take_snapshot()
             except Exception:  # the store holds everything; the next start replays it
                 log.exception("collection %r: closing snapshot failed", self.name)
+        self.readers.wait_all_back_before(self.readers.mark())  # searches still reading the files finish first
         self.catalog.close()
         if self.vectors is not None:
             self.vectors.close()
@@ -402,6 +404,7 @@ class Collection:
         with self.write_mutex:
             with self.lock.exclusive():
                 self.recovering = True
+            self.readers.wait_all_back_before(self.readers.mark())  # the reload frees every unused row at once
             try:
                 if self._ids_growth is not None:
                     self.ids.changes, self._ids_growth = None, None
@@ -468,7 +471,11 @@ class Collection:
                exact: bool = False, params: dict[str, int] | None = None, wait: bool = True) -> list[list[Hit]]:
         """`params`: search-time parameters for this call instead of the collection's (checked against their
         ranges by the caller; here against the collection's other parameters). wait=False: raises
-        locks.Busy instead of waiting for a writer."""
+        locks.Busy instead of waiting for a writer.
+
+        What a search reads from the vector file (ivfpq's tail and re-rank, exact scans of kinds that keep no
+        vectors in memory) it reads after letting go of the lock, so that a long scan does not hold writes
+        back: it holds a ticket instead, and rows freed meanwhile are not reused until it is done."""
         try:
             effort = params_with(self.params, params) if params else self.params
         except BadParams as err:
@@ -486,25 +493,37 @@ class Collection:
                 allowed = self.live_rows()
             approximate = self.structure.approximate
             if exact and approximate or (approximate and allowed is not None and len(allowed) < EXACT_SCAN_BELOW):
-                scores, rows = self._exact(unit, allowed if allowed is not None else self.live_rows(), k)
+                found = self._exact(unit, allowed if allowed is not None else self.live_rows(), k)
             else:
-                scores, rows = self.structure.search(unit, k, allowed, effort)
-            return self._hits(np.clip(scores, -1.0, 1.0), rows)
+                found = self.structure.search(unit, k, allowed, effort)
+            if not callable(found):
+                return self._hits(*found)
+            ticket = self.readers.take()
+        try:
+            return self._hits(*found(), locked=False)
+        finally:
+            self.readers.give_back(ticket)
 
     def _exact(self, unit: np.ndarray, rows: np.ndarray, k: int):
         if self.structure.unit_vectors(rows[:0]) is None:
-            return exact_from_file(self.vectors, rows, unit, k)
+            vectors = self.vectors
+            return lambda: exact_from_file(vectors, rows, unit, k)
         best = empty_result(len(unit), k)
         for start in range(0, len(rows), EXACT_GATHER_ROWS):
             part = rows[start:start + EXACT_GATHER_ROWS]
             best = merge(best, search_matrix(unit, self.structure.unit_vectors(part), part, k), k)
         return best
 
-    def _hits(self, scores: np.ndarray, rows: np.ndarray) -> list[list[Hit]]:
+    def _hits(self, scores: np.ndarray, rows: np.ndarray, locked: bool = True) -> list[list[Hit]]:
+        """locked: the caller holds the shared lock; if not, it holds a ticket (the rows are not reused)."""
+        scores = np.clip(scores, -1.0, 1.0)
         wanted = unique(rows[rows >= 0])
         records, damaged = self.catalog.records(wanted)
-        if damaged:
+        if damaged and locked:
             self.quarantine(damaged)
+        elif damaged:
+            with self.lock.exclusive():  # quarantine changes what searches read
+                self.quarantine(damaged)
         return [[Hit(records[row].id, float(score), records[row].metadata)
                  for score, row in zip(query_scores, query_rows) if row >= 0 and row in records]
                 for query_scores, query_rows in zip(scores.tolist(), rows.tolist())]

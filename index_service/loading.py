@@ -124,6 +124,7 @@ def finish(collection) -> None:
     end = collection.catalog.max_row() + 1
     used = union(collection.ids.entries()[2], collection.structure.held_rows())
     end = max(end, int(used.max()) + 1 if len(used) else 0)
-    collection.rows = RowAllocator(end, np.setdiff1d(np.arange(end, dtype=np.int64), used, assume_unique=True))
+    collection.rows = RowAllocator(end, np.setdiff1d(np.arange(end, dtype=np.int64), used, assume_unique=True),
+                                   collection.readers)
     collection.generation += 1
     collection._live_rows = None

@@ -57,6 +57,42 @@ class ReadWriteLock:
                 self._changed.notify_all()
 
 
+class ReadTickets:
+    """Searches reading the vector file after they let go of the shared lock, each holding a ticket taken
+    while it still held the lock. A row freed meanwhile may still be read by a search holding an older ticket:
+    it is reused, and the file cut below it, only once those searches are done (see RowAllocator)."""
+
+    def __init__(self):
+        self._changed = threading.Condition()
+        self._next = 0
+        self._held: dict[int, None] = {}  # tickets in the order taken: the first is the oldest
+
+    def take(self) -> int:
+        with self._changed:
+            ticket, self._next = self._next, self._next + 1
+            self._held[ticket] = None
+            return ticket
+
+    def give_back(self, ticket: int) -> None:
+        with self._changed:
+            del self._held[ticket]
+            self._changed.notify_all()
+
+    def mark(self) -> int:
+        """Tickets below the mark were taken before now."""
+        with self._changed:
+            return self._next
+
+    def all_back_before(self, mark: int) -> bool:
+        with self._changed:
+            return not self._held or next(iter(self._held)) >= mark
+
+    def wait_all_back_before(self, mark: int) -> None:
+        with self._changed:
+            while self._held and next(iter(self._held)) < mark:
+                self._changed.wait()
+
+
 class DataDirInUse(RuntimeError):
     """Another live process owns the data directory."""
 

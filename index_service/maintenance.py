@@ -251,6 +251,7 @@ class Maintenance:
                     held = c.structure.held_rows()
                     used = len(live) + len(held) + len(c.damaged)
                     movers = live[live >= used][::-1]
+                c.rows.reuse_what_readers_left()
                 holes = c.rows.free[c.rows.free < used]
                 batch = min(len(movers), len(holes), RELOCATE_BATCH)
                 if batch == 0:
@@ -301,6 +302,9 @@ class Maintenance:
             end = int(used.max()) + 1 if len(used) else 0
             if end >= c.rows.end:
                 return
+            # A search that began before may still read rows past `end` (live then, moved since); later ones
+            # cannot, and writes wait meanwhile (the write mutex), so nothing past `end` comes back.
+            c.readers.wait_all_back_before(c.readers.mark())
             c.catalog.drop_rows(c.catalog.rows_beyond(end))
             with c.lock.exclusive():
                 c.vectors.shrink(end)

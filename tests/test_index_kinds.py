@@ -305,8 +305,13 @@ def test_ivfpq_encoder_never_adds_the_code_of_a_row_ended_or_reused_meanwhile(tm
     live = np.setdiff1d(np.arange(3100), np.arange(50, 110))
     lists = faiss_ids(structure.lists)
     assert np.array_equal(np.sort(lists), np.sort(np.concatenate([live, ended_coded])))  # each row once
-    _, found = structure.search(x[live], 1, None)
+    _, found = finished(structure.search(x[live], 1, None))
     assert np.array_equal(found[:, 0], live)  # every live row's code is its current vector's
+
+
+def finished(found):
+    """A structure's search result: ivfpq returns the part that reads the vector file, to run outside the lock."""
+    return found() if callable(found) else found
 
 
 def faiss_ids(lists) -> np.ndarray:
@@ -334,7 +339,7 @@ def test_hnsw_inserts_its_tail_in_the_background_and_never_reuses_a_row_under_th
     x = unit(3000)
     write(np.arange(3000), x)
     assert structure.pending() == 3000 and structure.graph.ntotal == 0
-    _, found = structure.search(x[:50], 1, None)  # answered exactly from the tail
+    _, found = finished(structure.search(x[:50], 1, None))  # answered exactly from the tail
     assert np.array_equal(found[:, 0], np.arange(50))
     batch = structure.begin_tail(2000)
     prepared = structure.prepare_tail(batch, x[batch])
@@ -361,7 +366,7 @@ def test_hnsw_inserts_its_tail_in_the_background_and_never_reuses_a_row_under_th
     live = np.setdiff1d(np.arange(3100), np.concatenate([in_batch, outside]))
     assert structure.graph.ntotal == 3100 - len(outside)  # each row inserted once; the dead batch rows too
     assert np.array_equal(np.sort(structure.node_row[structure.node_live]), live)
-    _, found = structure.search(x[live], 1, None)
+    _, found = finished(structure.search(x[live], 1, None))
     assert np.mean(found[:, 0] == live) > 0.99  # the graph finds (almost) every live vector itself
     # A snapshot taken while the inserter is between two pieces of a batch (graph nodes the structure does
     # not know yet, linked from known ones: only at shutdown, if stopping the maintenance timed out) restores
@@ -370,7 +375,7 @@ def test_hnsw_inserts_its_tail_in_the_background_and_never_reuses_a_row_under_th
     arrays, blobs, info = structure.state()
     restored = hnsw.HnswStructure.restore(dimension, KindParams(hnsw_m=8), vectors, arrays, blobs, info)
     assert restored.graph.ntotal == len(structure.node_row)
-    _, found = restored.search(x[live], 1, None)
+    _, found = finished(restored.search(x[live], 1, None))
     assert np.mean(found[:, 0] == live) > 0.9
 
 
@@ -696,7 +701,7 @@ def test_a_snapshot_copies_ivfpq_lists_in_pieces_while_writes_append_and_restore
         assert np.array_equal(got_ids, want_ids) and np.array_equal(got_codes, want_codes)
     assert np.array_equal(restored.live, frozen.live) and np.array_equal(restored.coded, frozen.coded)
     queries = x[rng.choice(12_000, 20)]
-    for a, b in zip(restored.search(queries, 10, None), frozen.search(queries, 10, None)):
+    for a, b in zip(finished(restored.search(queries, 10, None)), finished(frozen.search(queries, 10, None))):
         assert np.array_equal(a, b)
     assert frozen.capture()(no_lock)[1] == blobs  # restored from a whole serialization, it stores them empty
 
@@ -882,6 +887,51 @@ def test_a_snapshot_copies_the_id_table_in_pieces_while_writes_go_on_and_a_resta
         expected, _ = exact_top_k(matrix, queries, 5)
         assert [[hit for hit, _ in found] for found in idx.search(queries, 5, exact=True)] == \
             [[ids[r] for r in row] for row in expected.tolist()]
+    finally:
+        idx.close()
+        running.stop(0)
+
+
+def test_a_search_reads_the_vector_file_without_the_lock_and_the_rows_it_reads_are_not_reused_meanwhile(
+        tmp_path, monkeypatch):
+    """ivfpq reads its tail and re-ranks from the vector file after letting go of the shared lock (a scan of
+    the tail held every write back for up to 0.7 s during a 1M load). Writes made while such a search reads
+    go through; rows they free are not reused until the search is done, so it reads the vectors it chose."""
+    from index_service.id_table import id_hashes
+    from indexing import FP
+    data = clustered(900, 32, seed=9)
+    running, idx = serve(tmp_path / "data", "ivfpq")  # 600 items: untrained, every row in the exact tail
+    collection = running.servicer.registry.get("")
+    try:
+        idx.upsert([f"v{i}" for i in range(600)], data[:600])
+        rows_of = lambda ids: collection.ids.lookup(*id_hashes(ids))  # noqa: E731
+        deleted = [f"v{i}" for i in range(100)]
+        freed = set(rows_of(deleted).tolist())
+        plain_search, reused_while_reading = collection.structure.search, []
+
+        def search_then_write_before_reading(*args, **kwargs):
+            read = plain_search(*args, **kwargs)
+
+            def writes_first():
+                idx.delete(deleted)  # would wait for the lock if the search still held it
+                idx.upsert([f"n{i}" for i in range(100)], data[600:700])
+                reused_while_reading.extend(set(rows_of([f"n{i}" for i in range(100)]).tolist()) & freed)
+                return read()
+            return writes_first
+        monkeypatch.setattr(collection.structure, "search", search_then_write_before_reading)
+        hits = collection.search(FP, data[:3], 1, None)
+        monkeypatch.setattr(collection.structure, "search", plain_search)
+
+        assert reused_while_reading == []
+        # The search began before the delete: it finds the items as they were, read from their own rows.
+        assert [[(hit.id, round(hit.score, 5)) for hit in found] for found in hits] == \
+            [[("v0", 1.0)], [("v1", 1.0)], [("v2", 1.0)]]
+        assert len(idx.get(deleted[:3]).items) == 0
+        idx.upsert([f"m{i}" for i in range(100)], data[700:800])  # the search is done: its rows are free again
+        assert set(rows_of([f"m{i}" for i in range(100)]).tolist()) == freed
+        exact = idx.search(data[600:603], 1, exact=True)
+        assert [found[0][0] for found in exact] == ["n0", "n1", "n2"]
+        assert idx.search(data[700:703], 1)[0][0][0] == "m0"
     finally:
         idx.close()
         running.stop(0)

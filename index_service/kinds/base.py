@@ -23,6 +23,7 @@ State = tuple[dict[str, np.ndarray], dict[str, bytes], dict]
 # during a 1M load took up to 2.2 s here); past twice as many, a write takes its own rows in itself.
 TAIL_LIMIT = 32768
 Result = tuple[np.ndarray, np.ndarray]  # (scores, rows) of shape (queries, k), best first, -1 rows past the end
+Reads = Callable[[], Result]  # the rest of a search, reading the vector file once the shared lock is let go
 
 
 class CaptureGivenUp(Exception):
@@ -83,9 +84,11 @@ class Structure:
     # Reading (any number of threads, under the shared lock).
 
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None,
-               params: KindParams | None = None) -> Result:
+               params: KindParams | None = None) -> Result | Reads:
         """Top k of unit queries among live rows (or the `allowed` ones), with the search-time values of
-        `params` (a request's own) or of the structure's."""
+        `params` (a request's own) or of the structure's; or, for a kind that reads the vector file, a
+        function that finishes the search from the file once the lock is let go (it must use nothing that
+        the exclusive lock's holders change in place)."""
         raise NotImplementedError
 
     def memory_search_floats(self, n_queries: int, params: KindParams) -> int | None:

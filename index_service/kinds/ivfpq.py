@@ -21,8 +21,8 @@ import faiss
 import numpy as np
 
 from index_service.arrays import unique
-from index_service.kinds.base import (TAIL_LIMIT, CaptureGivenUp, Result, Shared, State, Structure, bitmap, no_lock,
-                                      selector)
+from index_service.kinds.base import (TAIL_LIMIT, CaptureGivenUp, Reads, Result, Shared, State, Structure, bitmap,
+                                      no_lock, selector)
 from index_service.exact import empty_result, exact_from_file, merge, search_raw
 from index_service.snapshot import Pieces, collected
 
@@ -433,20 +433,28 @@ class IvfPqStructure(Structure):
             bits = bitmap(flags)
         return bits
 
-    def search(self, queries, k, allowed, params=None) -> Result:
+    def search(self, queries, k, allowed, params=None) -> Reads:
+        """The lists are searched here, under the shared lock; the returned function then scans the tail and
+        re-ranks the candidates from the vector file, outside it (the rows are kept: Collection.search)."""
         params = params or self.params
-        tail = self.tail_rows()
+        tail = self.tail_rows()  # replaced, never changed in place: safe to read after the lock is let go
         if allowed is not None:
             allowed = allowed[allowed < len(self.live)]
             tail = allowed[self.live[allowed] & ~self.coded[allowed]]
-        best = exact_from_file(self.vectors, tail, queries, k)
+        candidates = None
         if self.trained and self.lists.ntotal:
             bits = self._live_selector(allowed)
             probe = faiss.SearchParametersIVF(nprobe=min(params.ivf_nprobe, self.lists.nlist),
                                               sel=selector(bits))
             _, candidates = self.lists.search(queries, k * params.rerank_factor, params=probe)
-            best = merge(best, rerank(self.vectors, queries, candidates, k), k)
-        return best
+        vectors = self.vectors
+
+        def read() -> Result:
+            best = exact_from_file(vectors, tail, queries, k)
+            if candidates is not None:
+                best = merge(best, rerank(vectors, queries, candidates, k), k)
+            return best
+        return read
 
     def pending(self) -> int:
         return len(self.tail_rows())
