@@ -85,12 +85,14 @@ class ReadTickets:
 
     def all_back_before(self, mark: int) -> bool:
         with self._changed:
-            return not self._held or next(iter(self._held)) >= mark
+            return self._back_before(mark)
 
     def wait_all_back_before(self, mark: int) -> None:
         with self._changed:
-            while self._held and next(iter(self._held)) < mark:
-                self._changed.wait()
+            self._changed.wait_for(lambda: self._back_before(mark))
+
+    def _back_before(self, mark: int) -> bool:
+        return not self._held or next(iter(self._held)) >= mark
 
 
 class DataDirInUse(RuntimeError):
