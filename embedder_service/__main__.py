@@ -4,7 +4,7 @@ import argparse
 import logging
 import sys
 
-from embedder_service.checkpoint import POOLINGS
+from embedder_service.checkpoint import POOLINGS, CheckpointError, resolve
 from embedder_service.config import DEFAULT_MODEL, ONLINE_DEFAULT_MODEL, EmbedderConfig
 from embedder_service.preprocess import PRESETS
 from imgsim.logs import configure_logging
@@ -71,6 +71,10 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(config.serving.log_level, config.serving.log_format)
     from imgsim.server.memory import keep_resident_memory_tight
     keep_resident_memory_tight()
+    try:
+        resolve(config.model, config.revision)  # a --model that names nothing fails before torch's seconds of import
+    except CheckpointError as err:
+        sys.exit(f"imgsim-embedder: {err}")
     # Imported late: torch and transformers take seconds to import, and --help should not wait for them.
     import torch
     from transformers.utils import logging as transformers_logging
@@ -80,7 +84,6 @@ def main(argv: list[str] | None = None) -> None:
     transformers_logging.enable_propagation()
     transformers_logging.disable_progress_bar()
 
-    from embedder_service.checkpoint import CheckpointError
     from embedder_service.server import start
     from imgsim.server.runner import BadServingConfig, PortInUse, serve_until_signalled
 
