@@ -290,6 +290,7 @@ def test_ivfpq_encoder_never_adds_the_code_of_a_row_ended_or_reused_meanwhile(tm
     assert structure.absorb_tail(encoded, no_lock) == 1900
     structure.end_tail()
     assert structure.pending() == 50 + 1000
+    assert np.array_equal(structure.tail_rows(), np.flatnonzero(structure.live & ~structure.coded))
     ended_coded = np.arange(100, 110)
     structure.publish((np.zeros(0, np.int64), None), ended_coded)
     assert not len(structure.freed_at_once(ended_coded)) and np.array_equal(structure.held_rows(), ended_coded)
@@ -302,6 +303,7 @@ def test_ivfpq_encoder_never_adds_the_code_of_a_row_ended_or_reused_meanwhile(tm
         rows = structure.begin_tail(1000)
         structure.absorb_tail(structure.prepare_tail(rows, x[rows]), no_lock)
         structure.end_tail()
+        assert np.array_equal(structure.tail_rows(), np.flatnonzero(structure.live & ~structure.coded))
     live = np.setdiff1d(np.arange(3100), np.arange(50, 110))
     lists = faiss_ids(structure.lists)
     assert np.array_equal(np.sort(lists), np.sort(np.concatenate([live, ended_coded])))  # each row once
