@@ -220,7 +220,12 @@ class HnswStructure(Structure):
             return np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
         params = faiss.SearchParametersHNSW(efSearch=max(ef_search, k), sel=selector(bits))
         scores, nodes = self.graph.search(queries, k, params=params)
-        rows = np.where(nodes >= 0, self.node_row[np.maximum(nodes, 0)], -1)
+        # Only live nodes the arrays already name become rows: FAISS once returned a node of a first insertion
+        # still in progress (the graph holds nodes before node_row names them) despite the selector.
+        rows = np.full(nodes.shape, -1, dtype=np.int64)
+        known = (nodes >= 0) & (nodes < len(self.node_row))
+        known[known] = self.node_live[nodes[known]]
+        rows[known] = self.node_row[nodes[known]]
         scores[rows < 0] = -np.inf
         return scores, rows
 
